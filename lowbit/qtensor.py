@@ -1,0 +1,166 @@
+"""QTensor: a really quantized tensor — packed low-bit data, scales, zero points, format."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import primitives as P
+from .formats import QFormat, int_format
+
+# QLoRA's double quantization: the fp32 absmax scales of a tensor, minus their mean, are
+# quantized to signed 8 bits in blocks of 256 with one fp32 scale per block.
+SCALE_FORMAT = int_format(8, group_size=256, scale_dtype="float32")
+
+
+@dataclass
+class QTensor:
+    """Packed quantized data with everything needed to recover real values.
+
+    Attributes:
+        data: packed values, uint8 ``[rows, ceil(cols * bits / 8)]`` (int8 for signed 8-bit).
+        scale: ``[rows, groups]`` in ``format.scale_dtype`` — or, with double quantization, a
+            QTensor holding the scales themselves quantized to 8 bits.
+        zero_point: ``[rows, groups]`` for asymmetric integer formats, else None.
+        format: the :class:`QFormat`.
+        shape: the logical (unpacked) shape.
+        offset: added to the dequantized values (the mean removed before double quantization).
+    """
+
+    data: torch.Tensor
+    scale: "torch.Tensor | QTensor"
+    zero_point: torch.Tensor | None
+    format: QFormat
+    shape: torch.Size
+    offset: torch.Tensor | None = None
+
+    # --- construction ------------------------------------------------------------------
+    @classmethod
+    def from_float(cls, x: torch.Tensor, fmt: QFormat, *, name: str = "tensor",
+                   scale: torch.Tensor | None = None,
+                   zero_point: torch.Tensor | None = None) -> "QTensor":
+        """Quantize ``x`` (RTN unless ``scale``/``zero_point`` come from an algorithm)."""
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor to quantize, got {x.dtype}")
+        if scale is None:
+            scale, zero_point = P.choose_qparams(x, fmt, name=name)
+        q = P.quantize(x, scale, zero_point, fmt, name=name)
+        return cls.from_int(q, scale, zero_point, fmt)
+
+    @classmethod
+    def from_int(cls, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                 fmt: QFormat) -> "QTensor":
+        """Pack already-quantized values ``q`` (as returned by :func:`primitives.quantize`)."""
+        shape = q.shape
+        q2 = q.reshape(shape[0], -1) if fmt.granularity != "token" else q.reshape(-1, shape[-1])
+        if fmt.granularity == "tensor":
+            q2 = q.reshape(1, -1)
+        if fmt.kind == "int" and fmt.signed and fmt.num_bits < 8:
+            q2 = (q2.to(torch.int16) - fmt.qmin).to(torch.uint8)  # bias onto [0, 2^b)
+        data = P.pack(q2, fmt.num_bits) if fmt.num_bits < 8 else q2.contiguous()
+        stored_scale: torch.Tensor | QTensor = scale
+        offset = None
+        if fmt.double_quant:
+            flat = scale.float().reshape(1, -1)
+            offset = flat.mean().reshape(1)
+            stored_scale = _quantize_scales(flat - offset, scale.shape)
+        return cls(data, stored_scale, zero_point, fmt, torch.Size(shape), offset)
+
+    # --- recovery ----------------------------------------------------------------------
+    def int_values(self) -> torch.Tensor:
+        """The unpacked values on the format's grid, logical shape (inverse of ``from_int``)."""
+        fmt = self.format
+        cols = self.data.shape[-1] if fmt.num_bits == 8 else _cols(self.shape, fmt)
+        q = P.unpack(self.data, fmt.num_bits, cols) if fmt.num_bits < 8 else self.data
+        if fmt.kind == "int" and fmt.signed and fmt.num_bits < 8:
+            q = (q.to(torch.int16) + fmt.qmin).to(torch.int8)
+        return q.reshape(self.shape)
+
+    def scales(self) -> torch.Tensor:
+        """The real per-group scales ``[rows, groups]`` (dequantized if double-quantized)."""
+        if isinstance(self.scale, QTensor):
+            rows, groups = P.qparams_shape(self.shape, self.format)
+            flat = self.scale.dequantize().reshape(-1)[: rows * groups]
+            return flat.reshape(rows, groups) + self.offset
+        return self.scale
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Real values in ``dtype``, logical shape."""
+        if isinstance(self.scale, QTensor):
+            return P.dequantize(self.int_values(), self.scales(), self.zero_point, self.format, dtype)
+        out = P.dequantize(self.int_values(), self.scale, self.zero_point, self.format, dtype)
+        return out if self.offset is None else out + self.offset.to(dtype)
+
+    # --- accounting --------------------------------------------------------------------
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: packed data + scales (recursively) + zero points + offset."""
+        total = self.data.numel() * self.data.element_size()
+        total += self.scale.nbytes if isinstance(self.scale, QTensor) else _bytes(self.scale)
+        total += _bytes(self.zero_point) + _bytes(self.offset)
+        return total
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / self.numel
+
+    # --- tensors for saving -------------------------------------------------------------
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Flat dict of the stored tensors (for safetensors), keys prefixed."""
+        out = {prefix + "data": self.data}
+        if isinstance(self.scale, QTensor):
+            out.update(self.scale.tensors(prefix + "scale."))
+        else:
+            out[prefix + "scale"] = self.scale
+        if self.zero_point is not None:
+            out[prefix + "zero_point"] = self.zero_point
+        if self.offset is not None:
+            out[prefix + "offset"] = self.offset
+        return out
+
+    def describe(self) -> dict:
+        """JSON-able description (format and shapes), the inverse of :meth:`from_tensors`."""
+        d = {"format": self.format.to_dict(), "shape": list(self.shape)}
+        if isinstance(self.scale, QTensor):
+            d["scale"] = self.scale.describe()
+        return d
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], desc: dict, prefix: str = "") -> "QTensor":
+        fmt = QFormat.from_dict(desc["format"])
+        scale = (cls.from_tensors(tensors, desc["scale"], prefix + "scale.") if "scale" in desc
+                 else tensors[prefix + "scale"])
+        return cls(tensors[prefix + "data"], scale, tensors.get(prefix + "zero_point"), fmt,
+                   torch.Size(desc["shape"]), tensors.get(prefix + "offset"))
+
+    def to(self, device) -> "QTensor":
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        scale = self.scale.to(device) if isinstance(self.scale, QTensor) else mv(self.scale)
+        return QTensor(mv(self.data), scale, mv(self.zero_point), self.format, self.shape, mv(self.offset))
+
+    def __repr__(self) -> str:
+        return (f"QTensor({self.format.label()}, shape={tuple(self.shape)}, "
+                f"{self.bits_per_weight:.3f} bits/weight)")
+
+
+def _quantize_scales(centred: torch.Tensor, shape) -> QTensor:
+    """Second-level quantization of scales (QLoRA §3): int8 blocks of 256 (last one padded)."""
+    padded = torch.nn.functional.pad(centred.reshape(1, -1), (0, (-centred.numel()) % 256))
+    return QTensor.from_float(padded, SCALE_FORMAT, name="scales")
+
+
+def _cols(shape: torch.Size, fmt: QFormat) -> int:
+    if fmt.granularity == "tensor":
+        return math.prod(shape)
+    if fmt.granularity == "token":
+        return shape[-1]
+    return math.prod(shape[1:]) if len(shape) > 1 else 1
+
+
+def _bytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
