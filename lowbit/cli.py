@@ -1,0 +1,186 @@
+"""The ``lowbit`` command: a thin layer over the Python API.
+
+    lowbit quantize MODEL --recipe rtn --bits 4 --group-size 64 -o out/
+    lowbit eval out/ --perplexity austen [--kl-against smollm2-135m]
+    lowbit generate out/ "What is the capital of France?"
+    lowbit doctor MODEL [--recipe rtn --bits 4 --group-size 64]
+
+Errors print one line and exit with status 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+RECIPES = ("rtn", "dynamic")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise CliError(f"{message} (see `lowbit {self.prog.split()[-1]} --help`)"
+                       if " " in self.prog else message)
+
+
+class CliError(Exception):
+    pass
+
+
+def make_recipe(args):
+    from . import recipes
+
+    if args.recipe == "dynamic":
+        return recipes.DynamicPTQ(exclude=tuple(args.exclude))
+    return recipes.WeightOnly(num_bits=args.bits, group_size=args.group_size, method=args.recipe,
+                              exclude=tuple(args.exclude), embeddings=args.embeddings)
+
+
+def load_any(spec: str):
+    """A lowbit checkpoint folder or anything :func:`lowbit.models.load_model` accepts."""
+    from . import io
+    from .models import load_model
+
+    path = Path(spec)
+    if (path / io.checkpoint.META).is_file():
+        model = io.load(path)
+        tokenizer = None
+        if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        return model.eval(), tokenizer
+    return load_model(spec)
+
+
+def cmd_quantize(args) -> int:
+    import lowbit
+
+    from .eval import timed
+
+    model, tokenizer = load_any(args.model)
+    recipe = make_recipe(args)
+    with timed() as t:
+        q = lowbit.quantize(model, recipe, inplace=True)
+    lowbit.save(q, args.output, tokenizer=tokenizer)
+    print(q.lowbit_report.table())
+    print(f"\nquantized in {t.seconds:.1f} s -> {args.output}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .data import eval_tokens
+    from .eval import evaluate_lm, footprint
+
+    model, tokenizer = load_any(args.model)
+    if tokenizer is None:
+        raise CliError(f"{args.model} has no tokenizer; perplexity needs a language model")
+    if args.perplexity != "austen":
+        raise CliError(f"--perplexity {args.perplexity!r}: only 'austen' (Pride and Prejudice, "
+                       "DATA.md protocol) is bundled")
+    tokens = eval_tokens(tokenizer, num_tokens=args.tokens)
+    models = {"model": model}
+    reference = None
+    if args.kl_against:
+        models = {"reference": load_any(args.kl_against)[0], "model": model}
+        reference = "reference"
+    results = evaluate_lm(models, tokens, reference=reference)
+    row = {**results["model"].as_dict(), **footprint(model).as_dict()}
+    print(json.dumps(row, indent=1, default=str))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    model, tokenizer = load_any(args.model)
+    if tokenizer is None:
+        raise CliError(f"{args.model} has no tokenizer to encode the prompt")
+    if getattr(tokenizer, "chat_template", None) and not args.raw:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}],
+                                             tokenize=False, add_generation_prompt=True)
+    else:
+        text = args.prompt
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
+    print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import diagnose
+
+    model, _ = load_any(args.model)
+    recipe = make_recipe(args) if args.recipe else None
+    print(diagnose(model, recipe))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lowbit", description="Quantize models and measure the result.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
+
+    def recipe_args(sp, required: bool):
+        sp.add_argument("--recipe", choices=RECIPES, required=required,
+                        help="rtn: weight-only round-to-nearest; dynamic: W8A8 dynamic")
+        sp.add_argument("--bits", type=int, default=4, help="weight bits for rtn (2..8)")
+        sp.add_argument("--group-size", type=_group, default=128,
+                        help="elements per scale, or 'none' for per channel (default 128)")
+        sp.add_argument("--exclude", action="append", default=[], help="layer name pattern to keep float")
+        sp.add_argument("--embeddings", action="store_true", help="also quantize embedding tables")
+
+    q = sub.add_parser("quantize", help="quantize a model and save it")
+    q.add_argument("model")
+    recipe_args(q, required=True)
+    q.add_argument("-o", "--output", required=True, help="checkpoint folder to write")
+    q.set_defaults(func=cmd_quantize)
+
+    e = sub.add_parser("eval", help="measure perplexity, KL and size")
+    e.add_argument("model")
+    e.add_argument("--perplexity", default="austen")
+    e.add_argument("--tokens", type=int, default=32768, help="evaluation tokens (DATA.md: 32768)")
+    e.add_argument("--kl-against", default=None, help="reference model for KL and top-1 agreement")
+    e.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("generate", help="greedy text generation")
+    g.add_argument("model")
+    g.add_argument("prompt")
+    g.add_argument("--max-new-tokens", type=int, default=48)
+    g.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("doctor", help="what would run where, before anything runs")
+    d.add_argument("model")
+    recipe_args(d, required=False)
+    d.set_defaults(func=cmd_doctor)
+    return p
+
+
+def _group(text: str):
+    if text.lower() in ("none", "channel", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(message)s")
+        return args.func(args)
+    except (CliError, ValueError, TypeError, FileNotFoundError, ImportError, OSError) as err:
+        print(f"lowbit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lowbit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Reading and writing quantized models."""
+from .checkpoint import CheckpointError, load, save
+
+__all__ = ["CheckpointError", "load", "save"]
