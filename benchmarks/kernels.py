@@ -1,0 +1,147 @@
+"""Benchmark lowbit's Linear kernels against fp32/bf16 F.linear and torch.ao quantize_dynamic.
+
+    python benchmarks/kernels.py [--quick] [--out results/kernels.json]
+
+Methods are timed round-robin (one call of each per round, medians over rounds) in one
+process on 2 threads, so a burst of load elsewhere on the machine hits every method alike and
+ratios within a run stay fair. Writes a list of row dicts atomically (tmp + os.replace).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import lowbit.kernels as lk
+from lowbit.kernels import reference
+
+SHAPES = [(576, 576), (576, 1536), (1536, 576), (576, 49152), (4096, 4096), (4096, 11008)]
+QUICK_SHAPES = [(576, 1536), (4096, 11008)]
+BATCHES = (1, 8, 64)
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                     "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+PEER = f"torch.ao quantize_dynamic (torch {torch.__version__.split('+')[0]})"
+
+
+def machine() -> dict:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
+    model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")),
+                 platform.processor())
+    return {"cores": os.cpu_count(), "threads": torch.get_num_threads(), "cpu": model,
+            "cpu_flags": [f for f in FLAGS_OF_INTEREST if f in flags],
+            "loadavg_at_start": os.getloadavg()[0], "torch": torch.__version__}
+
+
+def quantize_int8(w):  # symmetric per output channel
+    scale = (w.abs().amax(1) / 127).clamp_min(1e-12)
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def quantize_int4(w, group_size):  # asymmetric per group, q in 0..15
+    N, K = w.shape
+    g = w.reshape(N, K // group_size, group_size)  # (N, G, gs)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp_min(1e-8).bfloat16()
+    zero_point = torch.round(-lo / scale.float()).clamp(0, 15).bfloat16()
+    q = torch.round(g / scale.float()[..., None] + zero_point.float()[..., None]).clamp(0, 15)
+    return reference.pack_int4(q.reshape(N, K).to(torch.uint8)), scale, zero_point
+
+
+def methods(K: int, N: int) -> list[dict]:
+    """Every method for one K x N layer: name, num_bits, group_size, kernel name, call(x)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(K, N)
+    w, b = linear.weight.detach(), linear.bias.detach()
+    w_bf16, b_bf16 = w.bfloat16(), b.bfloat16()
+    q8, s8 = quantize_int8(w)
+    gs = 128 if K % 128 == 0 else 64
+    w4 = quantize_int4(w, gs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear},
+                                                      dtype=torch.qint8)
+    return [
+        dict(method="fp32 F.linear", tool="torch", num_bits=32, group_size=None,
+             kernel=lambda x: "aten.linear fp32 (MKL sgemm)", call=lambda x: F.linear(x, w, b)),
+        dict(method="bf16 F.linear", tool="torch", num_bits=16, group_size=None,
+             kernel=lambda x: "aten.linear bf16 (oneDNN)", call=lambda x: F.linear(x.bfloat16(), w_bf16, b_bf16)),
+        dict(method="int8 weight-only", tool="lowbit", num_bits=8, group_size=None,
+             kernel=lambda x: lk.kernel_for("linear_int8_weight_only", x),
+             call=lambda x: lk.linear_int8_weight_only(x, q8, s8, b)),
+        dict(method=f"int4 g{gs} weight-only", tool="lowbit", num_bits=4, group_size=gs,
+             kernel=lambda x: lk.kernel_for("linear_int4", x),
+             call=lambda x: lk.linear_int4(x, *w4, gs, b)),
+        dict(method="W8A8 dynamic (per-token sym int8)", tool="lowbit", num_bits=8, group_size=None,
+             kernel=lambda x: lk.kernel_for("linear_w8a8_dynamic", x),
+             call=lambda x: lk.linear_w8a8_dynamic(x, q8, s8, b)),
+        dict(method="W8A8 dynamic (per-tensor u8, fbgemm)", tool=PEER, num_bits=8, group_size=None,
+             kernel=lambda x: "quantized::linear_dynamic (fbgemm)", call=lambda x: peer(x)),
+    ]
+
+
+def time_round_robin(calls: list, x, budget_s: float, min_rounds: int) -> list[float]:
+    """Median seconds per call of each function, timed one call per function per round."""
+    for call in calls:  # warm-up (first oneDNN/fbgemm call builds kernels)
+        for _ in range(3):
+            call(x)
+    t0 = time.perf_counter()
+    for call in calls:
+        call(x)
+    per_round = time.perf_counter() - t0
+    rounds = max(min_rounds, min(400, int(budget_s / max(per_round, 1e-6))))
+    samples = [[] for _ in calls]
+    for _ in range(rounds):
+        for i, call in enumerate(calls):
+            start = time.perf_counter()
+            call(x)
+            samples[i].append(time.perf_counter() - start)
+    return [statistics.median(s) for s in samples]
+
+
+def run(quick: bool) -> list[dict]:
+    torch.set_num_threads(2)
+    info, version = machine(), getattr(__import__("lowbit"), "__version__", "0.1.0")
+    rows = []
+    for K, N in QUICK_SHAPES if quick else SHAPES:
+        ms = methods(K, N)
+        for M in BATCHES:
+            x = torch.randn(M, K)
+            with torch.inference_mode():
+                times = time_round_robin([m["call"] for m in ms], x, 0.5 if quick else 2.0, 10 if quick else 20)
+            fp32 = times[0]
+            for m, t in zip(ms, times):
+                rows.append({"model": f"linear {K}x{N}", "method": m["method"], "kernel": m["kernel"](x),
+                             "tool": m["tool"], "num_bits": m["num_bits"], "group_size": m["group_size"],
+                             "M": M, "K": K, "N": N, "latency_us": round(t * 1e6, 1),
+                             "speedup_vs_fp32": round(fp32 / t, 2), "machine": info,
+                             "lowbit_version": version})
+                print(f"{K}x{N} M={M:<3} {m['method']:<38} {t * 1e6:10.1f} us  x{fp32 / t:6.2f}  {rows[-1]['kernel']}",
+                      flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two shapes, shorter timing")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "kernels.json"))
+    args = parser.parse_args()
+    rows = run(args.quick)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    os.replace(tmp, out)
+    print(f"wrote {len(rows)} rows to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+// Python bindings of lowbit's CPU kernels. Input checking lives in lowbit/kernels/checks.py;
+// these functions expect contiguous 2-D x and canonical weight layouts.
+#include <torch/extension.h>
+
+#include "common.h"
+
+namespace lowbit {
+at::Tensor int8_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
+at::Tensor int8_dense_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
+at::Tensor int4_dense_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                             const c10::optional<at::Tensor>&);
+at::Tensor int4_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                       const c10::optional<at::Tensor>&);
+at::Tensor w8a8_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
+std::vector<at::Tensor> quantize_per_token(const at::Tensor&);
+at::Tensor w8a8_linear_amx(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
+bool amx_available();
+}  // namespace lowbit
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lowbit CPU kernels (AVX-512 VNNI/BF16, AMX-INT8)";
+  m.def("int8_linear", &lowbit::int8_linear, "int8 weight-only linear (fp32 FMA)");
+  m.def("int8_dense_linear", &lowbit::int8_dense_linear, "int8 weight-only linear, large M (bf16 GEMM)");
+  m.def("int4_dense_linear", &lowbit::int4_dense_linear, "int4 weight-only linear, large M (bf16 GEMM)");
+  m.def("int4_linear", &lowbit::int4_linear, "int4 group-wise linear (AVX512-BF16 dot)");
+  m.def("w8a8_linear", &lowbit::w8a8_linear, "W8A8 dynamic per-token linear (AVX512-VNNI)");
+  m.def("w8a8_linear_amx", &lowbit::w8a8_linear_amx, "W8A8 dynamic per-token linear (AMX-INT8)");
+  m.def("amx_available", &lowbit::amx_available, "AMX tile state granted by Linux");
+  m.def("quantize_per_token", &lowbit::quantize_per_token, "symmetric int8 per-token quantization");
+}

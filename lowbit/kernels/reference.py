@@ -1,0 +1,88 @@
+"""Pure-PyTorch reference kernels: the specification every real kernel is tested against.
+
+They run on any device and compute in fp32 (integer products exactly, in float64), returning
+x's dtype. Canonical layouts (what lowbit stores in checkpoints):
+
+- int8 weight: ``qweight`` int8 [N, K], ``scale`` fp32 [N];  w[n, k] = scale[n] * qweight[n, k].
+- int4 weight: ``packed`` uint8 [N, K // 2], byte j of a row = element 2j (low nibble) and
+  element 2j + 1 (high nibble), q in 0..15; ``scale`` and ``zero_point`` bf16
+  [N, K // group_size];  w[n, k] = scale[n, g] * (q[n, k] - zero_point[n, g]), g = k // group_size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """q uint8 [N, K] in 0..15 -> packed uint8 [N, K // 2] (element 2j low nibble, 2j+1 high)."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """packed uint8 [N, K // 2] -> q uint8 [N, K]; exact inverse of pack_int4."""
+    q = torch.stack((packed & 15, packed >> 4), dim=-1)  # (N, K/2, 2)
+    return q.reshape(packed.shape[0], -1)
+
+
+def dequantize_int8(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp32 [N, K] = scale[n] * qweight[n, k]."""
+    return qweight.float() * scale.float()[:, None]
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                    group_size: int) -> torch.Tensor:
+    """fp32 [N, K] = scale * (q - zero_point), per group of ``group_size`` along K."""
+    q = unpack_int4(packed).float()  # (N, K)
+    N, K = q.shape
+    q = q.reshape(N, K // group_size, group_size)  # (N, G, gs)
+    w = (q - zero_point.float()[..., None]) * scale.float()[..., None]
+    return w.reshape(N, K)
+
+
+def linear_dequant(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear with an already dequantized weight, in x's dtype (formats with no fast kernel)."""
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def _linear_fp32(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    y = F.linear(x.float(), w, None if bias is None else bias.float())
+    return y.to(x.dtype)
+
+
+def linear_int8_weight_only(x, qweight, scale, bias=None):
+    """y = x @ (scale * qweight).T + bias, computed in fp32."""
+    return _linear_fp32(x, dequantize_int8(qweight, scale), bias)
+
+
+def linear_int4(x, packed, scale, zero_point, group_size, bias=None):
+    """y = x @ dequantize_int4(...).T + bias, computed in fp32."""
+    return _linear_fp32(x, dequantize_int4(packed, scale, zero_point, group_size), bias)
+
+
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per token (last dim): x_q = round(x * (127 / amax)), x_scale = amax / 127.
+
+    Rounding is half-to-even on the fp32 product; a token of zeros gets x_q = 0, x_scale = 0.
+    Returns x_q int8 [..., K] in [-127, 127] and x_scale fp32 [...].
+    """
+    x = x.float()
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    c127 = torch.full_like(amax, 127.0)  # tensor / tensor: IEEE division, as in the kernels
+    inv = torch.where(amax > 0, c127 / amax, torch.zeros_like(amax))
+    x_q = torch.round(x * inv).clamp(-127, 127).to(torch.int8)
+    return x_q, (amax / c127).squeeze(-1)
+
+
+def linear_w8a8_dynamic(x, qweight, scale, bias=None):
+    """W8A8: per-token int8 x (quantize_per_token), exact integer matmul, fp32 rescale.
+
+    y[m, n] = float(sum_k x_q[m, k] * qweight[n, k]) * (x_scale[m] * scale[n]) + bias[n].
+    """
+    x_q, x_scale = quantize_per_token(x)
+    acc = x_q.double() @ qweight.double().T  # exact: |acc| < 2**53
+    y = acc.float() * (x_scale[..., None] * scale.float())
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
