@@ -26,6 +26,7 @@ install: $(STAMP)
 # lowbit's own C++ kernels (AVX-512/VNNI), compiled against the installed torch into the cache.
 kernels: install
 	$(PY) -m lowbit.kernels.build
+	$(PY) -c "from lowbit.kernels import nf4; print('lowbit nf4:', nf4.extension_status()[1])"
 
 # Real data and models into the cache (Debian packages unpacked, SmolLM2 converted once).
 setup: kernels

@@ -36,6 +36,20 @@ def kernel_table() -> str:
     return "\n".join(lines)
 
 
+def layer_kernel(fmt, activation, x: torch.Tensor) -> str:
+    """The kernel a Linear quantized to ``fmt`` (with ``activation`` mode) runs for ``x``."""
+    if fmt.name == "nf4":
+        from .kernels import nf4
+
+        return nf4.kernel_for(x, fmt.group_size)
+    if activation == "llm_int8":
+        return kernels.kernel_for("linear_w8a8_dynamic", x) + " + fp32 outlier columns"
+    if activation in ("int8_static", "static"):
+        return "torch._int_mm (int8 x int8), static per-tensor activation scale"
+    activation = "int8_dynamic" if activation == "dynamic" else activation
+    return kernels.kernel_for(kernel_op(fmt, activation), x)
+
+
 def plan_rows(model: nn.Module, recipe) -> list[dict]:
     """One row per candidate layer: the format it would get, its kernel, its memory."""
     rows = []
@@ -58,8 +72,7 @@ def plan_rows(model: nn.Module, recipe) -> list[dict]:
         if isinstance(module, nn.Embedding):
             kernel = "gather + dequantize (pure PyTorch)"
         else:
-            op = kernel_op(fmt, activation)
-            kernel = kernels.kernel_for(op, torch.zeros(1, cols))
+            kernel = layer_kernel(fmt, activation, torch.zeros(1, cols))
         bpw = bits_per_weight(fmt, weight.numel(), weight.shape[0])
         rows.append({**row, "format": fmt.label(), "kernel": kernel,
                      "mb": weight.numel() * bpw / 8 / 2**20})

@@ -24,12 +24,19 @@ from torch import nn
 
 from .. import __version__
 from ..nn import QEmbedding, QLinear
+from ..nn.llm_int8 import LLMInt8Linear, StaticW8A8Linear
+from ..nn.nf4 import NF4Linear
 from ..nn.swap import set_submodule
 from ..qtensor import QTensor
 
 FORMAT_VERSION = 1
 META = "lowbit.json"
 TENSORS = "model.safetensors"
+# Quantized module types a checkpoint may hold, by the name written in lowbit.json. Their extra
+# run-time constants (LLMInt8Linear.threshold, StaticW8A8Linear.input_scale) are buffers, saved
+# and restored with the float state.
+LAYER_TYPES = {cls.__name__: cls for cls in (QLinear, NF4Linear, QEmbedding, LLMInt8Linear,
+                                             StaticW8A8Linear)}
 
 
 class CheckpointError(ValueError):
@@ -45,8 +52,11 @@ def save(model: nn.Module, path: str | os.PathLike, *, tokenizer=None) -> Path:
     tensors, layers, aliases = {}, {}, {}
     seen_q: dict[int, str] = {}
     for name, mod in model.named_modules():
-        if not isinstance(mod, (QLinear, QEmbedding)):
+        if not isinstance(mod, tuple(LAYER_TYPES.values())):
             continue
+        if type(mod).__name__ not in LAYER_TYPES:
+            raise CheckpointError(f"{name}: {type(mod).__name__} is not a checkpoint layer type; "
+                                  f"register it in lowbit.io.checkpoint.LAYER_TYPES")
         entry = {"type": type(mod).__name__, "bias": getattr(mod, "bias", None) is not None,
                  "activation": getattr(mod, "activation", None),
                  "padding_idx": getattr(mod, "padding_idx", None)}
@@ -124,16 +134,19 @@ def _make_layer(name, entry, weight, tensors, model) -> nn.Module:
     except AttributeError:
         raise CheckpointError(f"checkpoint layer {name!r} does not exist in the model it is "
                               f"loaded into; pass the matching architecture") from None
-    if entry["type"] == "QLinear":
+    if entry["type"] not in LAYER_TYPES:
+        raise CheckpointError(f"{name}: unknown layer type {entry['type']!r} in checkpoint "
+                              f"(written by a newer lowbit?); known: {sorted(LAYER_TYPES)}")
+    if entry["type"] != "QEmbedding":
         expected = (getattr(old, "out_features", None), getattr(old, "in_features", None))
         if isinstance(old, nn.Linear) and expected != tuple(weight.shape):
             raise CheckpointError(f"{name}.weight: checkpoint shape {tuple(weight.shape)} does not "
                                   f"match the model's Linear {expected}")
         bias = tensors.get(f"{name}.bias") if entry["bias"] else None
-        return QLinear(weight, bias, entry["activation"])
-    if entry["type"] == "QEmbedding":
-        return QEmbedding(weight, entry["padding_idx"])
-    raise CheckpointError(f"{name}: unknown layer type {entry['type']!r} in checkpoint")
+        if entry["type"] in ("QLinear", "NF4Linear"):
+            return LAYER_TYPES[entry["type"]](weight, bias, entry["activation"])
+        return LAYER_TYPES[entry["type"]](weight, bias)  # buffers come with the float state
+    return QEmbedding(weight, entry["padding_idx"])
 
 
 def _load_float_state(model: nn.Module, tensors, meta, path) -> None:

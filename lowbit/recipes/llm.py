@@ -1,0 +1,292 @@
+"""LLM recipes: NF4 (QLoRA), LLM.int8(), SmoothQuant W8A8 and naive static per-tensor W8A8.
+
+Every recipe here quantizes the ``nn.Linear`` layers matched by ``include`` and not by
+``exclude``; the default ``exclude=("lm_head",)`` keeps the output head (and so a tied input
+embedding) float — an explicit choice, reported per layer as "excluded by pattern".
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..algorithms import smoothquant as sq
+from ..algorithms.nf4 import BLOCK_SIZES, quantize_nf4
+from ..formats import INT8, NF4 as NF4_FORMAT, QFormat
+from ..nn import QLinear, QuantReport, swap_modules
+from ..nn.llm_int8 import LLMInt8Linear, StaticW8A8Linear
+from ..nn.nf4 import NF4Linear
+from ..nn.swap import matches
+from ..qtensor import QTensor
+from .base import Recipe
+
+log = logging.getLogger("lowbit")
+
+# (producer, the linears that read its output), relative to one decoder block. A producer is a
+# normalisation, or a Linear whose output rows reach the consumer through a channel-wise op that
+# commutes with a positive per-channel scale (act(gate) * up; ReLU).
+SMOOTH_PAIRS = (
+    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),  # Llama,
+    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),  # Mistral, Qwen2, SmolLM2
+    ("input_layernorm", ("self_attn.qkv_proj",)),                    # Phi-3
+    ("post_attention_layernorm", ("mlp.gate_up_proj",)),
+    ("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),  # OPT
+    ("final_layer_norm", ("fc1",)),
+    ("mlp.up_proj", ("mlp.down_proj",)),                             # Llama family
+    ("fc1", ("fc2",)),                                               # OPT (ReLU)
+)
+
+
+def _tuple_fields(recipe) -> None:
+    object.__setattr__(recipe, "include", tuple(recipe.include))
+    object.__setattr__(recipe, "exclude", tuple(recipe.exclude))
+
+
+@dataclass(frozen=True)
+class NF4(Recipe):
+    """4-bit NormalFloat weights with double quantization (QLoRA); activations stay float.
+
+    Args:
+        block_size: weights per absmax block along the input axis (32, 64, 128, 256).
+        double_quant: store the block absmaxes as int8 per 256 (4.127 instead of 4.5 bits/weight).
+        include, exclude: fnmatch patterns on module names (the head stays float by default).
+    """
+
+    block_size: int = 64
+    double_quant: bool = True
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ("lm_head",)
+
+    activation = None
+    types = (nn.Linear,)
+
+    def __post_init__(self) -> None:
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"NF4.block_size must be one of {BLOCK_SIZES}, got {self.block_size}")
+        _tuple_fields(self)
+
+    @property
+    def format(self) -> QFormat:
+        return NF4_FORMAT.replace(group_size=self.block_size, double_quant=self.double_quant)
+
+    def describe(self) -> str:
+        return f"NF4 block {self.block_size}" + (" + double quant" if self.double_quant else "")
+
+    def apply(self, model: nn.Module, data) -> QuantReport:
+        def build(name: str, module: nn.Module) -> nn.Module:
+            W = quantize_nf4(module.weight.detach(), self.block_size, self.double_quant, name=name)
+            return NF4Linear(W, module.bias)
+
+        return swap_modules(model, build, types=self.types, include=self.include,
+                            exclude=self.exclude, recipe=self.describe())
+
+
+@dataclass(frozen=True)
+class LLMInt8(Recipe):
+    """LLM.int8() (Dettmers et al., 2022): int8 per-channel weights; at run time the input
+    features with any |x| > ``threshold`` go through fp32, the rest through int8 x int8."""
+
+    threshold: float = 6.0
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ("lm_head",)
+
+    format = INT8
+    activation = "llm_int8"
+    types = (nn.Linear,)
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"LLMInt8.threshold must be > 0 (the paper uses 6.0), got {self.threshold}")
+        _tuple_fields(self)
+
+    def describe(self) -> str:
+        return f"LLM.int8 threshold {self.threshold:g}"
+
+    def apply(self, model: nn.Module, data) -> QuantReport:
+        def build(name: str, module: nn.Module) -> nn.Module:
+            return LLMInt8Linear.from_float(module, self.threshold, name=name)
+
+        return swap_modules(model, build, types=self.types, include=self.include,
+                            exclude=self.exclude, recipe=self.describe())
+
+
+@dataclass(frozen=True)
+class StaticW8A8(Recipe):
+    """Naive static W8A8: int8 per-channel weights, ONE calibrated activation scale per layer
+    (max|X| / 127 over the calibration data), no smoothing — the baseline SmoothQuant beats."""
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ("lm_head",)
+    batch_size: int = 8
+
+    format = INT8
+    activation = "int8_static"
+    types = (nn.Linear,)
+    needs_data = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        _tuple_fields(self)
+
+    def describe(self) -> str:
+        return "W8A8 static per-tensor (naive)"
+
+    def apply(self, model: nn.Module, data) -> QuantReport:
+        absmax = input_absmax(model, data, _names(model, self), self.batch_size)
+        return _swap_w8a8(model, self, absmax, "static")
+
+
+def _names(model: nn.Module, recipe) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, recipe.types)
+            and matches(n, recipe.include) and not matches(n, recipe.exclude)]
+
+
+@dataclass(frozen=True)
+class SmoothQuant(Recipe):
+    """SmoothQuant (Xiao et al., 2022) W8A8: migrate activation outliers into the weights with
+    strength ``alpha`` (folded into the preceding RMSNorm/LayerNorm or up_proj), then int8 weights per
+    channel and int8 activations, ``activation="static"`` (one calibrated scale per tensor, the
+    paper's O3) or ``"dynamic"`` (per token at run time, lowbit's W8A8 VNNI kernel).
+
+    Pairs smoothed (:data:`SMOOTH_PAIRS`): input_layernorm -> q/k/v, post_attention_layernorm ->
+    gate/up and up_proj (rows) -> down_proj (Llama, Mistral, Qwen2, SmolLM2; Phi-3's fused
+    qkv/gate_up), self_attn_layer_norm -> q/k/v, final_layer_norm -> fc1 and fc1 -> fc2 (OPT).
+    o_proj is quantized unsmoothed (its input comes out of attention).
+    """
+
+    alpha: float = 0.5
+    activation: str = "static"
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ("lm_head",)
+    batch_size: int = 8
+
+    format = INT8
+    types = (nn.Linear,)
+    needs_data = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        _tuple_fields(self)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"SmoothQuant.alpha must be in [0, 1] (0.5 is the paper's default), got {self.alpha}")
+        if self.activation not in ("static", "dynamic"):
+            raise ValueError(f"SmoothQuant.activation must be 'static' or 'dynamic', got {self.activation!r}")
+
+    def describe(self) -> str:
+        return f"SmoothQuant W8A8 alpha {self.alpha:g} ({self.activation} per-{'tensor' if self.activation == 'static' else 'token'})"
+
+    def apply(self, model: nn.Module, data) -> QuantReport:
+        names = _names(model, self)
+        pairs = smooth_pairs(model)
+        absmax = input_absmax(model, data, names + [n for _, _, ls in pairs for n, _ in ls
+                                                    if n not in names], self.batch_size)
+        for _, producer, linears in pairs:  # a norm (weight [K]) or a Linear (rows [K, in])
+            Ws = [lin.weight.detach() for _, lin in linears]
+            s = sq.smoothing_scales(absmax[linears[0][0]], Ws, self.alpha)  # (K,)
+            bias = getattr(producer, "bias", None)
+            w, b, new_Ws = sq.migrate(producer.weight.detach(), None if bias is None else bias.detach(), Ws, s)
+            producer.weight.data.copy_(w)
+            if b is not None:
+                producer.bias.data.copy_(b)
+            for (name, lin), W in zip(linears, new_Ws):
+                lin.weight.data.copy_(W)
+                absmax[name] = absmax[name] / s
+        log.info("lowbit: SmoothQuant smoothed %d producer -> linear pairs", len(pairs))
+        return _swap_w8a8(model, self, absmax, self.activation)
+
+
+def smooth_pairs(model: nn.Module) -> list[tuple[str, nn.Module, list[tuple[str, nn.Module]]]]:
+    """Every (norm name, norm, [(linear name, linear)]) of :data:`SMOOTH_PAIRS` in ``model``."""
+    pairs = []
+    for prefix, block in model.named_modules():
+        for norm_name, linear_names in SMOOTH_PAIRS:
+            try:
+                norm = block.get_submodule(norm_name)
+                linears = [(f"{prefix}.{n}" if prefix else n, block.get_submodule(n)) for n in linear_names]
+            except AttributeError:
+                continue
+            if norm is None or not all(isinstance(lin, nn.Linear) for _, lin in linears):
+                continue
+            full = f"{prefix}.{norm_name}" if prefix else norm_name
+            _check_norm(full, norm, linears[0][1].in_features)
+            pairs.append((full, norm, linears))
+    if not pairs:
+        raise ValueError(
+            f"SmoothQuant found no normalisation -> linear pair in {type(model).__name__}: it "
+            f"knows {sorted({p for p, _ in SMOOTH_PAIRS})} feeding q/k/v, gate/up or fc1 "
+            f"(Llama, Mistral, Qwen2, Phi-3, OPT). Use StaticW8A8 or DynamicPTQ for this model, "
+            f"or add its pair to lowbit.recipes.llm.SMOOTH_PAIRS")
+    return pairs
+
+
+def _check_norm(name: str, norm: nn.Module, K: int) -> None:
+    kind = type(norm).__name__
+    weight = getattr(norm, "weight", None)
+    if isinstance(norm, nn.Linear):
+        if norm.out_features != K:
+            raise ValueError(f"SmoothQuant: {name} gives {norm.out_features} features, its readers "
+                             f"take {K}; this block is not the structure SMOOTH_PAIRS assumes")
+        return
+    if kind.startswith("Gemma") or not (isinstance(norm, nn.LayerNorm) or kind.endswith("RMSNorm")):
+        raise ValueError(f"SmoothQuant cannot fold scales into {name} ({kind}): it folds into "
+                         f"LayerNorm and RMSNorm with y = weight * x_hat (Gemma's 1 + weight is "
+                         f"not supported); exclude this model or use StaticW8A8/DynamicPTQ")
+    if weight is None or tuple(weight.shape) != (K,):
+        raise ValueError(f"SmoothQuant: {name} ({kind}) has no elementwise weight of size {K} to "
+                         f"fold the scales into (elementwise_affine=False?)")
+
+
+def input_absmax(model: nn.Module, data, names: Iterable[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Per-input-channel max|x| [K] of every named Linear over the calibration ``data``.
+
+    ``data``: token ids LongTensor [n, seq_len] (run ``batch_size`` rows per forward) or an
+    iterable of such tensors.
+    """
+    names = list(dict.fromkeys(names))
+    absmax: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(module, args):
+            x = args[0].detach()
+            a = x.abs().reshape(-1, x.shape[-1]).amax(dim=0).float()  # (K,)
+            absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
+        return record
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    batches = list(data.split(batch_size)) if isinstance(data, torch.Tensor) else list(data)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for ids in tqdm(batches, desc="calibrating activation ranges", unit="batch", disable=None):
+                model(ids, use_cache=False) if _accepts_use_cache(model) else model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    missing = [n for n in names if n not in absmax]
+    if missing:
+        raise ValueError(f"calibration never reached layer {missing[0]!r} (and {len(missing) - 1} "
+                         f"more); check that data are token ids the model runs on")
+    return absmax
+
+
+def _accepts_use_cache(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "use_cache", None) is not None
+
+
+def _swap_w8a8(model: nn.Module, recipe: Recipe, absmax: dict, activation: str) -> QuantReport:
+    def build(name: str, module: nn.Module) -> nn.Module:
+        if activation == "dynamic":
+            return QLinear.from_float(module, INT8, activation="int8_dynamic", name=name)
+        W = QTensor.from_float(module.weight.detach(), INT8, name=name)
+        return StaticW8A8Linear(W, module.bias, sq.static_scale(absmax[name]))
+
+    return swap_modules(model, build, types=recipe.types, include=recipe.include,
+                        exclude=recipe.exclude, recipe=recipe.describe())
