@@ -1,0 +1,137 @@
+"""StaticPTQ: int8 weights and activations, activation ranges fixed by a calibration pass.
+
+    fold Conv+BN  ->  swap Conv2d/Linear for observed float layers  ->  calibrate (tqdm)
+    ->  swap them for int8 oneDNN layers  ->  profile once: where does uint8 flow?
+
+The returned model takes and returns float tensors; inside, uint8 activations flow between
+adjacent int8 layers (see :mod:`lowbit.nn.static` for where float crossings remain).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..fold import fold_model, trace_pairs
+from ..formats import QFormat, int_format
+from ..nn import QuantReport, Skip, swap_modules
+from ..nn.static import Observed, convert_observed, dequantize_outputs, float_crossings, profile
+from ..observers import OBSERVERS, make_observer
+from ..qtensor import QTensor
+from .base import Recipe
+
+log = logging.getLogger("lowbit")
+
+
+@dataclass(frozen=True)
+class StaticPTQ(Recipe):
+    """Static W8A8 post-training quantization of every Conv2d and Linear.
+
+    Args:
+        observer: how activation ranges are chosen: ``"histogram"`` (entropy/KL),
+            ``"mse"``, ``"percentile"``, ``"minmax"`` or ``"moving_average"``.
+        per_channel: one weight scale per output channel (else one per tensor).
+        fold_bn: fold BatchNorm2d into the preceding conv (exact in float) first.
+        include, exclude: fnmatch patterns on module names; excluded layers stay float.
+        max_batches: calibrate on at most this many batches of ``data``.
+
+    ``data`` is an iterable of batches: tensors (``model(batch)``), tuples (``model(*batch)``)
+    or dicts (``model(**batch)``).
+    """
+
+    observer: str = "histogram"
+    per_channel: bool = True
+    fold_bn: bool = True
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    max_batches: int | None = None
+
+    needs_data = True
+    types = (nn.Conv2d, nn.Linear)
+
+    def __post_init__(self) -> None:
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"StaticPTQ.observer must be one of {tuple(OBSERVERS)}, "
+                             f"got {self.observer!r}")
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    @property
+    def weight_format(self) -> QFormat:
+        fmt = int_format(8)  # signed, symmetric, fp32 scales
+        return fmt if self.per_channel else fmt.replace(granularity="tensor")
+
+    def describe(self) -> str:
+        return f"StaticPTQ W8A8 ({self.observer}, {'per-channel' if self.per_channel else 'per-tensor'})"
+
+    def apply(self, model: nn.Module, data) -> QuantReport:
+        batches = list(_take(data, self.max_batches))
+        if not batches:
+            raise ValueError("StaticPTQ got no calibration batches: pass data=[batch, ...]")
+        model.eval()
+        with torch.no_grad():
+            conv_bn, activation = trace_pairs(model, lambda m: _call(m, batches[0]))
+            if self.fold_bn:
+                fold_model(model, conv_bn)
+            report = swap_modules(model, self._observe(activation), types=self.types,
+                                  include=self.include, exclude=self.exclude,
+                                  recipe=self.describe())
+            for batch in tqdm(batches, desc="calibrating", unit="batch", disable=None):
+                _call(model, batch)
+            swap_modules(model, lambda name, m: convert_observed(m), types=(Observed,))
+            model.register_forward_hook(dequantize_outputs)  # the dequantize step at the output
+            profile(model, lambda m: _call(m, batches[0]))
+        for note in float_crossings(model):
+            log.debug("lowbit static: %s", note)
+        return _final_report(model, report)
+
+    def _observe(self, activation: dict[str, str]):
+        fmt = self.weight_format
+
+        def build(name: str, module: nn.Module) -> Observed:
+            if module.weight.dtype != torch.float32:
+                raise Skip(f"weights are {module.weight.dtype}; the int8 kernels take fp32 layers")
+            if isinstance(module, nn.Conv2d):
+                if module.padding_mode != "zeros":
+                    raise Skip(f"padding_mode={module.padding_mode!r} has no int8 kernel "
+                               f"(only zero padding)")
+                if isinstance(module.padding, str):
+                    raise Skip(f"padding={module.padding!r}: give explicit padding for int8")
+            weight = QTensor.from_float(module.weight.detach(), fmt, name=name)
+            return Observed(module, weight, activation.get(name),
+                            make_observer(self.observer, name=f"{name} input"),
+                            make_observer(self.observer, name=f"{name} output"))
+
+        return build
+
+
+def _final_report(model: nn.Module, report: QuantReport) -> QuantReport:
+    """The first swap's report, with each int8 layer's kernel and I/O as profiled."""
+    modules = dict(model.named_modules())
+    layers = [dataclasses.replace(r, kernel=modules[r.name].kernel()) if r.status == "quantized"
+              else r for r in report.layers]
+    return QuantReport(report.recipe, layers)
+
+
+def _take(data, limit):
+    if isinstance(data, torch.Tensor):
+        data = [data]
+    if not isinstance(data, Iterable):
+        raise TypeError(f"StaticPTQ data must be an iterable of batches, got {type(data).__name__}")
+    for i, batch in enumerate(data):
+        if limit is not None and i >= limit:
+            return
+        yield batch
+
+
+def _call(model: nn.Module, batch):
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
