@@ -1,17 +1,28 @@
 """WeightOnly (int2..int8 weights, float activations) and DynamicPTQ (W8A8 dynamic)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..algorithms.awq import awq_quantize, awq_scale
+from ..algorithms.gptq import gptq
+from ..algorithms.hqq import hqq
+from ..algorithms.rtn import rtn
+from ..calibration import (LINEAR_TYPES, InputStats, block_linears, find_blocks, linear_weight,
+                           quantize_blocks)
 from ..formats import QFormat, int_format
 from ..nn import QEmbedding, QLinear, QuantReport, Skip, swap_modules
+from ..nn.swap import matches
 from ..qtensor import QTensor
 from .base import Recipe
 
-METHODS = ("rtn",)
+log = logging.getLogger("lowbit")
+
+METHODS = ("rtn", "gptq", "awq", "hqq")
+CALIBRATED = ("gptq", "awq")
 
 
 @dataclass(frozen=True)
@@ -23,10 +34,22 @@ class WeightOnly(Recipe):
         group_size: elements per scale along the input axis; None = one scale per output channel.
         symmetric: None picks the format with a fast kernel: symmetric for 8 bits (int8
             kernel), asymmetric otherwise (int4 kernel; 3/2-bit run the reference path).
-        method: "rtn" (round to nearest).
+        method: "rtn" (round to nearest), "hqq" (half-quadratic zero points, no data), or the
+            calibrated "gptq" and "awq", which need ``data`` (token ids ``[n, seq_len]``) and a
+            decoder LM; they quantize its blocks one at a time (:mod:`lowbit.calibration`) and
+            quantize linears outside the blocks (e.g. an untied head) with RTN.
+        mse_clip: RTN only: choose each group's range by a clipping search on the weight MSE.
+        damp, act_order, block_size: GPTQ's dampening (fraction of mean diag H), activation
+            order (with static groups) and lazy-update block.
+        gptq_clip: GPTQ: choose the static group ranges with an H-weighted clipping search.
+        true_sequential: GPTQ: statistics of each linear group taken with the groups before it
+            in the block already quantized.
+        awq_grid: AWQ: points of the alpha grid of the scale search (and of the clip search).
+        hqq_iters: HQQ: half-quadratic iterations.
+        calib_batch_size: calibration sequences per forward pass.
         include, exclude: fnmatch patterns on module names.
-        embeddings: also quantize ``nn.Embedding`` tables to the same format. A tied output
-            head and input embedding then share one packed table.
+        embeddings: also quantize ``nn.Embedding`` tables to the same format (RTN/HQQ). A tied
+            output head and input embedding then share one packed table.
         skip_ragged: leave float (reported) the layers whose input size ``group_size`` does
             not divide, instead of raising.
     """
@@ -35,6 +58,15 @@ class WeightOnly(Recipe):
     group_size: int | None = 128
     symmetric: bool | None = None
     method: str = "rtn"
+    mse_clip: bool = False
+    damp: float = 0.01
+    act_order: bool = True
+    block_size: int = 128
+    gptq_clip: bool = True
+    true_sequential: bool = True
+    awq_grid: int = 20
+    hqq_iters: int = 20
+    calib_batch_size: int = 8
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     embeddings: bool = False
@@ -50,14 +82,29 @@ class WeightOnly(Recipe):
             )
         if self.method not in METHODS:
             raise ValueError(f"WeightOnly.method must be one of {METHODS}, got {self.method!r}")
+        if self.mse_clip and self.method != "rtn":
+            raise ValueError(f"WeightOnly.mse_clip applies to method='rtn', got method={self.method!r}")
+        if self.method == "hqq" and self.format.symmetric:
+            raise ValueError("WeightOnly(method='hqq') fits zero points: use symmetric=False "
+                             f"(num_bits={self.num_bits} defaults to symmetric)")
+        if not 0 <= self.damp < 1:
+            raise ValueError(f"WeightOnly.damp must be in [0, 1), got {self.damp}")
+        if self.block_size < 1 or self.awq_grid < 1 or self.hqq_iters < 0 or self.calib_batch_size < 1:
+            raise ValueError("WeightOnly.block_size, awq_grid and calib_batch_size must be positive "
+                             "and hqq_iters non-negative")
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     activation = None
 
     @property
+    def needs_data(self) -> bool:
+        return self.method in CALIBRATED
+
+    @property
     def types(self) -> tuple[type, ...]:
-        return (nn.Linear, nn.Embedding) if self.embeddings else (nn.Linear,)
+        linears = LINEAR_TYPES if self.method in CALIBRATED else (nn.Linear,)
+        return linears + (nn.Embedding,) if self.embeddings else linears
 
     @property
     def format(self) -> QFormat:
@@ -67,16 +114,33 @@ class WeightOnly(Recipe):
 
     def describe(self) -> str:
         g = f"g{self.group_size}" if self.group_size else "per-channel"
-        return f"WeightOnly W{self.num_bits} {g} {self.method}"
+        method = "rtn-mse" if self.mse_clip else self.method
+        return f"WeightOnly W{self.num_bits} {g} {method}"
+
+    # --- one weight, no data ---------------------------------------------------------------
+    def quantize_weight(self, name: str, W: torch.Tensor) -> QTensor:
+        """RTN / RTN-MSE / HQQ of one float weight [out, in] (rows are output channels)."""
+        fmt = self.format
+        if self.method == "hqq":
+            qw = hqq(W, fmt, iters=self.hqq_iters)
+        elif self.mse_clip:
+            qw = rtn(W, fmt, mse_clip=True)
+        else:
+            return QTensor.from_float(W, fmt, name=name)
+        return QTensor.from_int(qw.q, qw.scale, qw.zero_point, fmt)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         fmt = self.format
         shared: dict[int, QTensor] = {}  # id(float weight) -> its QTensor, so ties survive
+        reasons: dict[str, str] = {}
+        calibrated = self._calibrate(model, data, reasons) if self.method in CALIBRATED else None
 
-        def quantized(name: str, weight: torch.Tensor) -> QTensor:
+        def quantized(name: str, module: nn.Module) -> QTensor:
+            weight = module.weight
             if id(weight) not in shared:
+                W = weight.detach() if isinstance(module, nn.Embedding) else linear_weight(module)
                 try:
-                    shared[id(weight)] = QTensor.from_float(weight.detach(), fmt, name=name)
+                    shared[id(weight)] = self.quantize_weight(name, W)
                 except ValueError as err:
                     if self.skip_ragged and "does not divide" in str(err):
                         raise Skip(str(err)) from None
@@ -85,11 +149,55 @@ class WeightOnly(Recipe):
 
         def build(name: str, module: nn.Module) -> nn.Module:
             if isinstance(module, nn.Embedding):
-                return QEmbedding.from_float(module, fmt, weight=quantized(name, module.weight))
-            return QLinear.from_float(module, fmt, name=name, weight=quantized(name, module.weight))
+                return QEmbedding.from_float(module, fmt, weight=quantized(name, module))
+            if calibrated is not None:
+                if name in calibrated:
+                    return QLinear(calibrated[name], module.bias)
+                if name in reasons:
+                    raise Skip(reasons[name])
+                log.info("lowbit: %s is outside the decoder blocks: round to nearest", name)
+            return QLinear.from_float(module, fmt, name=name, weight=quantized(name, module))
 
         return swap_modules(model, build, types=self.types, include=self.include,
                             exclude=self.exclude, recipe=self.describe())
+
+    # --- calibrated methods: block by block --------------------------------------------------
+    def _calibrate(self, model: nn.Module, data, reasons: dict[str, str]) -> dict[str, QTensor]:
+        if data is None:
+            raise ValueError(f"{self.describe()} needs calibration data: pass data= a LongTensor "
+                             f"of token ids [n, seq_len], e.g. lowbit.data.calibration_batches(tokenizer)")
+        fmt = self.format
+
+        def quantize_linear(name: str, W: torch.Tensor, stats: InputStats) -> QTensor | None:
+            if not matches(name, self.include) or matches(name, self.exclude):
+                return None
+            try:
+                if self.method == "gptq":
+                    qw = gptq(W, stats.H, fmt, damp=self.damp, block_size=self.block_size,
+                              act_order=self.act_order, mse_clip=self.gptq_clip)
+                else:
+                    qw = awq_quantize(W, stats.H, fmt, grid=self.awq_grid)
+            except ValueError as err:
+                if self.skip_ragged and "does not divide" in str(err):
+                    reasons[name] = str(err).replace("tensor:", f"{name}:", 1)
+                    return None
+                raise ValueError(f"{name}: {err}") from None
+            return QTensor.from_int(qw.q, qw.scale, qw.zero_point, fmt)
+
+        def scale_search(weights: list[torch.Tensor], stats: InputStats) -> torch.Tensor:
+            return awq_scale(weights, stats.x_abs_mean, stats.H, fmt, grid=self.awq_grid)
+
+        _, blocks = find_blocks(model)
+        for i, block in enumerate(blocks):   # linears in blocks that the forward never reaches
+            for name in block_linears(block):
+                reasons.setdefault(f"{_}.{i}.{name}", "not reached by the calibration forward pass")
+        results = quantize_blocks(
+            model, data, quantize_linear, true_sequential=self.true_sequential,
+            scale_search=scale_search if self.method == "awq" else None,
+            batch_size=self.calib_batch_size, desc=self.describe())
+        for name in results:
+            reasons.pop(name, None)
+        return results
 
 
 @dataclass(frozen=True)
