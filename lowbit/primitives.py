@@ -190,6 +190,13 @@ def pack(q: torch.Tensor, num_bits: int) -> torch.Tensor:
     n = q.shape[-1]
     per_unit, unit_bytes = _unit(num_bits)                    # values per unit, bytes per unit
     units = math.ceil(n / per_unit)
+    if unit_bytes == 1:  # 1, 2, 4 bits: whole values per byte, stay in uint8
+        v = q.reshape(-1, n).to(torch.uint8) & ((1 << num_bits) - 1)
+        v = torch.nn.functional.pad(v, (0, units * per_unit - n)).reshape(-1, units, per_unit)
+        out = v[..., 0].clone()
+        for i in range(1, per_unit):
+            out |= v[..., i] << (i * num_bits)
+        return out.reshape(*q.shape[:-1], units)
     v = q.reshape(-1, n).to(torch.int64) & ((1 << num_bits) - 1)
     v = torch.nn.functional.pad(v, (0, units * per_unit - n)).reshape(-1, units, per_unit)
     shifts = torch.arange(per_unit, device=q.device) * num_bits
@@ -206,6 +213,10 @@ def unpack(packed: torch.Tensor, num_bits: int, n: int) -> torch.Tensor:
         return packed.view(torch.uint8)
     per_unit, unit_bytes = _unit(num_bits)
     units = math.ceil(n / per_unit)
+    if unit_bytes == 1:
+        shifts = torch.arange(0, 8, num_bits, dtype=torch.uint8, device=packed.device)
+        v = (packed.reshape(-1, packed.shape[-1], 1) >> shifts) & ((1 << num_bits) - 1)
+        return v.reshape(-1, units * per_unit)[:, :n].reshape(*packed.shape[:-1], n)
     b = packed.reshape(-1, packed.shape[-1]).to(torch.int64)
     b = torch.nn.functional.pad(b, (0, units * unit_bytes - b.shape[-1])).reshape(-1, units, unit_bytes)
     word = (b << (torch.arange(unit_bytes, device=b.device) * 8)).sum(-1)   # (rows, units)
