@@ -23,20 +23,30 @@ def sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.cpp"))
 
 
-def build_directory() -> Path:
+def compile_extension(name: str, source_dir: Path, include_dirs: tuple[Path, ...] = (),
+                      verbose: bool = False):
+    """Compile (if not cached) and import the C++ sources of ``source_dir`` as module ``name``.
+
+    The build folder is keyed by torch version and a hash of the flags, the sources and every
+    header they can include, so an edit rebuilds and an unchanged tree reuses the cache.
+    """
+    from torch.utils import cpp_extension
+
+    cpps = sorted(source_dir.glob("*.cpp"))
     digest = hashlib.sha256(" ".join(CFLAGS).encode())
-    for path in sorted(SOURCE_DIR.glob("*.cpp")) + sorted(SOURCE_DIR.glob("*.h")):
+    for path in cpps + [h for d in (source_dir, *include_dirs) for h in sorted(d.glob("*.h"))]:
         digest.update(path.name.encode() + path.read_bytes())
-    return cache_dir("kernels", f"torch-{torch.__version__}-{digest.hexdigest()[:16]}")
+    prefix = "" if name == NAME else f"{name.removeprefix('lowbit_').removesuffix('_kernels')}-"
+    folder = cache_dir("kernels", f"{prefix}torch-{torch.__version__}-{digest.hexdigest()[:16]}")
+    return cpp_extension.load(name=name, sources=[str(p) for p in cpps], extra_cflags=CFLAGS,
+                              extra_ldflags=["-fopenmp"],
+                              extra_include_paths=[str(d) for d in include_dirs],
+                              build_directory=str(folder), verbose=verbose)
 
 
 def load(verbose: bool = False):
-    """Compile (if not cached) and import the extension module; raises on build failure."""
-    from torch.utils import cpp_extension
-
-    return cpp_extension.load(name=NAME, sources=[str(p) for p in sources()],
-                              extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
-                              build_directory=str(build_directory()), verbose=verbose)
+    """Compile (if not cached) and import the CPU extension module; raises on build failure."""
+    return compile_extension(NAME, SOURCE_DIR, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

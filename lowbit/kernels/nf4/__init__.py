@@ -17,16 +17,14 @@ written out, the fp32 scales recovered per block on the fly so nothing extra sta
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lowbit._cache import cache_dir
 from lowbit.formats import NF4_CODEBOOK
 from lowbit.kernels import cpu as _cpu
-from lowbit.kernels.build import CFLAGS
+from lowbit.kernels.build import compile_extension
 
 NAME = "lowbit_nf4_kernels"
 SOURCE_DIR = Path(__file__).parent
@@ -34,21 +32,9 @@ COMMON_DIR = Path(__file__).parent.parent / "cpu"
 DENSE_FROM_M = 16  # rows of x from which one dense GEMM on a dequantized weight wins
 
 
-def _build_directory() -> Path:
-    digest = hashlib.sha256(" ".join(CFLAGS).encode())
-    for path in sorted(SOURCE_DIR.glob("*.cpp")) + [COMMON_DIR / "common.h"]:
-        digest.update(path.name.encode() + path.read_bytes())
-    return cache_dir("kernels", f"nf4-torch-{torch.__version__}-{digest.hexdigest()[:16]}")
-
-
 def load(verbose: bool = False):
     """Compile (if not cached) and import the NF4 extension; raises on build failure."""
-    from torch.utils import cpp_extension
-
-    return cpp_extension.load(name=NAME, sources=[str(p) for p in sorted(SOURCE_DIR.glob("*.cpp"))],
-                              extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
-                              extra_include_paths=[str(COMMON_DIR)],
-                              build_directory=str(_build_directory()), verbose=verbose)
+    return compile_extension(NAME, SOURCE_DIR, include_dirs=(COMMON_DIR,), verbose=verbose)
 
 
 @functools.cache
