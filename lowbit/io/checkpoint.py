@@ -59,6 +59,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, tokenizer=None) -> Path:
                                   f"register it in lowbit.io.checkpoint.LAYER_TYPES")
         entry = {"type": type(mod).__name__, "bias": getattr(mod, "bias", None) is not None,
                  "activation": getattr(mod, "activation", None),
+                 "act_group_size": getattr(mod, "act_group_size", None),
                  "padding_idx": getattr(mod, "padding_idx", None)}
         if id(mod.weight) in seen_q:
             entry["weight_tied_to"] = seen_q[id(mod.weight)]
@@ -143,7 +144,9 @@ def _make_layer(name, entry, weight, tensors, model) -> nn.Module:
             raise CheckpointError(f"{name}.weight: checkpoint shape {tuple(weight.shape)} does not "
                                   f"match the model's Linear {expected}")
         bias = tensors.get(f"{name}.bias") if entry["bias"] else None
-        if entry["type"] in ("QLinear", "NF4Linear"):
+        if entry["type"] == "QLinear":
+            return QLinear(weight, bias, entry["activation"], entry.get("act_group_size"))
+        if entry["type"] == "NF4Linear":
             return LAYER_TYPES[entry["type"]](weight, bias, entry["activation"])
         return LAYER_TYPES[entry["type"]](weight, bias)  # buffers come with the float state
     return QEmbedding(weight, entry["padding_idx"])

@@ -54,6 +54,16 @@ def int8_weight(op, x, qweight, scale, bias):
     _same_device(op, x, qweight=qweight, scale=scale, bias=bias)
 
 
+def act_group(op, group_size, K):
+    """Activation groups of the W8A8 kernels: None (per token) or a multiple of 64 dividing K."""
+    if group_size is None:
+        return
+    if not isinstance(group_size, int) or group_size <= 0 or group_size % 64:
+        _fail(op, "act_group_size", "None or a positive multiple of 64", group_size)
+    if K % group_size:
+        _fail(op, "act_group_size", f"a divisor of K = {K} (or None for per-token scales)", group_size)
+
+
 def int4_weight(op, x, packed, scale, zero_point, group_size, bias):
     if packed.dim() != 2:
         _fail(op, "packed", "a uint8 matrix [N, K // 2]", list(packed.shape))

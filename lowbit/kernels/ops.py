@@ -76,13 +76,13 @@ def available(device: str = "cpu") -> list[dict]:
     return rows
 
 
-def _run(op: str, x: torch.Tensor, *weights, bias=None) -> torch.Tensor:
+def _run(op: str, x: torch.Tensor, *weights, bias=None, **options) -> torch.Tensor:
     """Flatten x to [M, K], run the chosen kernel, restore the leading dims."""
     name = kernel_for(op, x)
     if x.dim() == 2 and x.is_contiguous():  # the common case; skips two reshapes (~3 us)
-        return KERNELS[name](x, *weights, bias=bias)
+        return KERNELS[name](x, *weights, bias=bias, **options)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()  # (M, K)
-    y = KERNELS[name](x2, *weights, bias=bias)  # (M, N)
+    y = KERNELS[name](x2, *weights, bias=bias, **options)  # (M, N)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -99,10 +99,13 @@ def linear_int4(x, packed, scale, zero_point, group_size, bias=None):
                 group_size, bias=bias)
 
 
-def linear_w8a8_dynamic(x, qweight, scale, bias=None):
-    """W8A8: x quantized per token (symmetric int8, reference.quantize_per_token), int32 dot."""
+def linear_w8a8_dynamic(x, qweight, scale, bias=None, act_group_size=None):
+    """W8A8: x quantized per token, or per token and group of ``act_group_size`` inputs
+    (symmetric int8, reference.quantize_activations), int32 dots, fp32 rescale."""
     checks.int8_weight("linear_w8a8_dynamic", x, qweight, scale, bias)
-    return _run("linear_w8a8_dynamic", x, qweight.contiguous(), scale.contiguous(), bias=bias)
+    checks.act_group("linear_w8a8_dynamic", act_group_size, qweight.shape[1])
+    return _run("linear_w8a8_dynamic", x, qweight.contiguous(), scale.contiguous(), bias=bias,
+                act_group_size=act_group_size)
 
 
 def linear_dequant(x, weight, bias=None):

@@ -75,14 +75,36 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x_q, (amax / c127).squeeze(-1)
 
 
-def linear_w8a8_dynamic(x, qweight, scale, bias=None):
-    """W8A8: per-token int8 x (quantize_per_token), exact integer matmul, fp32 rescale.
+def quantize_activations(x: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_per_token, or with one scale per token and group of ``group_size`` inputs.
 
-    y[m, n] = float(sum_k x_q[m, k] * qweight[n, k]) * (x_scale[m] * scale[n]) + bias[n].
+    Returns x_q int8 [..., K] and x_scale fp32 [...] (per token) or [..., K // group_size].
     """
-    x_q, x_scale = quantize_per_token(x)
-    acc = x_q.double() @ qweight.double().T  # exact: |acc| < 2**53
-    y = acc.float() * (x_scale[..., None] * scale.float())
+    if not group_size:
+        return quantize_per_token(x)
+    K = x.shape[-1]
+    x_q, x_scale = quantize_per_token(x.reshape(*x.shape[:-1], K // group_size, group_size))
+    return x_q.reshape(x.shape), x_scale
+
+
+def linear_w8a8_dynamic(x, qweight, scale, bias=None, act_group_size=None):
+    """W8A8: int8 x (quantize_activations: per token, or per token and group), exact integer
+    dot products per group, fp32 rescale.
+
+    y[m, n] = scale[n] * sum_g x_scale[m, g] * float(sum_{k in g} x_q[m, k] * qweight[n, k]) + bias[n]
+    (one group spanning K when ``act_group_size`` is None).
+    """
+    x_q, x_scale = quantize_activations(x, act_group_size)
+    if act_group_size:
+        N, K = qweight.shape
+        G = K // act_group_size
+        xg = x_q.double().reshape(*x_q.shape[:-1], G, act_group_size)
+        wg = qweight.double().reshape(N, G, act_group_size)
+        acc = torch.einsum("...gk,ngk->...gn", xg, wg)  # exact per group
+        y = (acc * x_scale.double()[..., None]).sum(-2).float() * scale.float()
+    else:
+        acc = x_q.double() @ qweight.double().T  # exact: |acc| < 2**53
+        y = acc.float() * (x_scale[..., None] * scale.float())
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)

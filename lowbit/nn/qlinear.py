@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .. import kernels
+from ..kernels import checks
 from ..formats import QFormat
 from ..qtensor import QTensor
 
@@ -39,33 +40,41 @@ class QLinear(nn.Module):
     """
 
     def __init__(self, weight: QTensor, bias: torch.Tensor | None = None,
-                 activation: str | None = None) -> None:
+                 activation: str | None = None, act_group_size: int | None = None) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"QLinear activation must be one of {ACTIVATIONS}, got {activation!r}")
         if len(weight.shape) != 2:
             raise ValueError(f"QLinear needs a 2-D [out, in] weight, got shape {tuple(weight.shape)}")
         self.out_features, self.in_features = weight.shape
+        if act_group_size is not None:
+            if activation != "int8_dynamic":
+                raise ValueError(f"QLinear act_group_size={act_group_size} needs activation="
+                                 f"'int8_dynamic', got {activation!r}")
+            checks.act_group("QLinear", act_group_size, self.in_features)
         self.weight = weight
         self.activation = activation
+        self.act_group_size = act_group_size
         self.op = kernel_op(weight.format, activation)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, fmt: QFormat, *, activation: str | None = None,
-                   name: str = "linear", weight: QTensor | None = None) -> "QLinear":
+                   act_group_size: int | None = None, name: str = "linear",
+                   weight: QTensor | None = None) -> "QLinear":
         """Quantize ``linear`` (round to nearest unless an algorithm hands in ``weight``)."""
         if weight is None:
             weight = QTensor.from_float(linear.weight.detach(), fmt, name=name)
         kernel_op(fmt, activation)  # raise early, with the format in the message
-        return cls(weight, linear.bias, activation)
+        return cls(weight, linear.bias, activation, act_group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         if self.op == "linear_int8_weight_only":
             return kernels.linear_int8_weight_only(x, w.data, w.scale.reshape(-1), self.bias)
         if self.op == "linear_w8a8_dynamic":
-            return kernels.linear_w8a8_dynamic(x, w.data, w.scale.reshape(-1), self.bias)
+            return kernels.linear_w8a8_dynamic(x, w.data, w.scale.reshape(-1), self.bias,
+                                               act_group_size=self.act_group_size)
         if self.op == "linear_int4":
             return kernels.linear_int4(x, w.data, w.scale, w.zero_point, w.format.group_size, self.bias)
         return kernels.linear_dequant(x, w.dequantize(x.dtype), self.bias)
@@ -89,7 +98,8 @@ class QLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"format={self.weight.format.label()}, op={self.op}"
-                + (f", activation={self.activation}" if self.activation else ""))
+                + (f", activation={self.activation}" if self.activation else "")
+                + (f", act_group_size={self.act_group_size}" if self.act_group_size else ""))
 
 
 def _apply_qtensor(q: QTensor, fn) -> QTensor:

@@ -116,8 +116,12 @@ def _check_literal_includes(model: nn.Module, types, include) -> None:
 
 def describe(name: str, kind: str, module: nn.Module) -> LayerReport:
     w = module.weight
-    return LayerReport(name, kind, "quantized", w.format.label(), module.kernel(),
-                       round(w.bits_per_weight, 4))
+    label = w.format.label()
+    activation = getattr(module, "activation", None)
+    if activation:
+        group = getattr(module, "act_group_size", None)
+        label += f", activations {activation} " + (f"per token x {group} inputs" if group else "per token")
+    return LayerReport(name, kind, "quantized", label, module.kernel(), round(w.bits_per_weight, 4))
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -202,29 +202,47 @@ class WeightOnly(Recipe):
 
 @dataclass(frozen=True)
 class DynamicPTQ(Recipe):
-    """W8A8 dynamic: int8 per-channel weights, activations quantized per token at run time.
+    """W8A8 dynamic: int8 per-channel weights, activations quantized to int8 at run time.
 
-    The analogue of PyTorch's ``quantize_dynamic`` on every ``nn.Linear``, with per-token
-    (not per-tensor) activation scales and per-channel weight scales.
+    The analogue of PyTorch's ``quantize_dynamic`` on every ``nn.Linear``, with per-channel
+    weight scales and activation scales per token and group of ``act_group_size`` inputs
+    (default 64, the granularity of DeepSeek-V3's 1x128 activation tiles, halved): an outlier
+    channel then coarsens only its own group. On SmolLM2-135M per-token scales cost +3.95%
+    perplexity, token groups of 64 +0.7% (4096-token subset; results/demo.json for the full
+    protocol). ``act_group_size=None`` gives one scale per token (faster at large batch: no
+    per-group rescale). A layer whose input width the group does not divide falls back to per
+    token scales, and the report says so.
     """
 
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    act_group_size: int | None = 64
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        g = self.act_group_size
+        if g is not None and (not isinstance(g, int) or g <= 0 or g % 64):
+            raise ValueError(f"DynamicPTQ act_group_size must be None (per token) or a positive "
+                             f"multiple of 64, got {g!r}")
 
     format = int_format(8)
     activation = "int8_dynamic"
     types = (nn.Linear,)
 
     def describe(self) -> str:
-        return "DynamicPTQ W8A8"
+        acts = f"activations per token x {self.act_group_size}" if self.act_group_size else "per-token activations"
+        return f"DynamicPTQ W8A8 ({acts})"
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         def build(name: str, module: nn.Module) -> nn.Module:
-            return QLinear.from_float(module, self.format, activation=self.activation, name=name)
+            group = self.act_group_size
+            if group and module.in_features % group:
+                log.info("lowbit: %s: in_features %d is not a multiple of act_group_size %d; "
+                         "per-token activation scales", name, module.in_features, group)
+                group = None
+            return QLinear.from_float(module, self.format, activation=self.activation,
+                                      act_group_size=group, name=name)
 
         return swap_modules(model, build, types=self.types, include=self.include,
                             exclude=self.exclude, recipe=self.describe())

@@ -139,7 +139,7 @@ def test_int4_kernels(name, M, K, N, group_size, dtype):
 def test_w8a8_kernel(M, K, N, dtype, with_bias):
     x, bias = inputs(M, K, N, dtype, with_bias)
     q, scale = int8_weight(N, K)
-    x_q, x_scale = cpu.quantize_per_token(x)
+    x_q, x_scale = cpu.quantize_activations(x)
     ref_q, ref_scale = reference.quantize_per_token(x)
     assert torch.equal(x_q, ref_q) and torch.equal(x_scale, ref_scale)
     ref = reference.linear_w8a8_dynamic(x, q, scale, bias)
@@ -147,6 +147,37 @@ def test_w8a8_kernel(M, K, N, dtype, with_bias):
         y = ops.KERNELS[name](x, q, scale, bias=bias)
         assert y.dtype == dtype and y.shape == (M, N), name
         assert rel_err(y, ref) < tol(dtype, exact=True), name
+
+
+@needs_ext
+@pytest.mark.parametrize("M,K,N,group", [(1, 576, 576, 64), (3, 576, 1536, 64), (8, 1536, 40, 128),
+                                         (17, 256, 33, 64), (64, 512, 72, 256), (33, 128, 50, 64),
+                                         (16, 64, 16, 64), (5, 192, 7, 192)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_w8a8_kernel_token_groups(M, K, N, group, dtype):
+    x, bias = inputs(M, K, N, dtype, with_bias=N % 2 == 1)
+    x[:, 3] *= 50  # an outlier channel: only its own group's scale should grow
+    q, scale = int8_weight(N, K)
+    x_q, x_scale = cpu.quantize_activations(x, group)
+    ref_q, ref_scale = reference.quantize_activations(x, group)
+    assert x_scale.shape == (M, K // group)
+    assert torch.equal(x_q, ref_q) and torch.equal(x_scale, ref_scale)
+    ref = reference.linear_w8a8_dynamic(x, q, scale, bias, act_group_size=group)
+    for name in ["cpu.w8a8_vnni"] + (["cpu.w8a8_amx"] if cpu.amx_status()[0] else []):
+        y = ops.KERNELS[name](x, q, scale, bias=bias, act_group_size=group)
+        assert y.dtype == dtype and y.shape == (M, N), name
+        assert rel_err(y, ref) < tol(dtype, exact=True), name
+    exact = F.linear(x.float(), reference.dequantize_int8(q, scale), None if bias is None else bias.float())
+    per_token = reference.linear_w8a8_dynamic(x, q, scale, bias)
+    if K > group:  # finer activation scales: closer to the unquantized activations
+        assert rel_err(ref, exact) < rel_err(per_token, exact)
+
+
+def test_w8a8_reference_groups_equal_per_token_when_one_group():
+    x, bias = inputs(4, 128, 9, torch.float32, with_bias=True)
+    q, scale = int8_weight(9, 128)
+    torch.testing.assert_close(reference.linear_w8a8_dynamic(x, q, scale, bias, act_group_size=128),
+                               reference.linear_w8a8_dynamic(x, q, scale, bias), rtol=1e-6, atol=1e-6)
 
 
 @needs_ext
@@ -241,6 +272,7 @@ def test_missing_cpu_flags_reads_cpuinfo(tmp_path):
     (lambda x, q, s, p, s4, z4: lk.linear_w8a8_dynamic(x, q.float(), s), r"qweight.dtype must be torch.int8"),
     (lambda x, q, s, p, s4, z4: lk.linear_w8a8_dynamic(x, q, s.bfloat16()), r"scale.dtype must be torch.float32"),
     (lambda x, q, s, p, s4, z4: lk.linear_w8a8_dynamic(x, q, s, torch.zeros(3)), r"bias.shape must be \[8\]"),
+    (lambda x, q, s, p, s4, z4: lk.linear_w8a8_dynamic(x, q, s, act_group_size=48), r"act_group_size must be None or a positive multiple of 64"),
     (lambda x, q, s, p, s4, z4: lk.linear_int8_weight_only(x, q.to("meta"), s), r"qweight.device must be x's"),
 ])
 def test_bad_inputs_raise_value_error(call, match):

@@ -78,6 +78,22 @@ def test_dynamic_ptq_runs_w8a8_on_every_linear():
         assert (q(ids) - model(ids)).norm() / model(ids).norm() < 0.05
 
 
+def test_dynamic_ptq_token_groups_fall_back_per_layer_and_survive_save(tmp_path):
+    model = Tiny(width=96)  # 96 is not a multiple of 64: block[0] and head fall back to per token
+    q = lowbit.quantize(model, DynamicPTQ())
+    assert q.block[0].act_group_size is None and q.block[2].act_group_size == 64
+    rows = {r.name: r for r in q.lowbit_report.layers}
+    assert "per token x 64 inputs" in rows["block.2"].format and "per token" in rows["block.0"].format
+    lowbit.save(q, tmp_path / "w8a8")
+    loaded = lowbit.load(tmp_path / "w8a8", model=Tiny(width=96))
+    assert loaded.block[2].act_group_size == 64 and loaded.block[0].act_group_size is None
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), q(ids))
+    with pytest.raises(ValueError, match="act_group_size must be None .* multiple of 64, got 48"):
+        DynamicPTQ(act_group_size=48)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(num_bits=1), "num_bits must be 2..8"),
     (dict(num_bits=4, group_size=100), "power of two"),

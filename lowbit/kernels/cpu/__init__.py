@@ -69,14 +69,14 @@ def int4_dense(x, packed, scale, zero_point, group_size, bias=None):
     return _ext().int4_dense_linear(x, packed, scale, zero_point, group_size, _bias32(bias))
 
 
-def w8a8_vnni(x, qweight, scale, bias=None):
-    """W8A8 dynamic: fused per-token int8 quantization, AVX512-VNNI u8 x s8 -> int32."""
-    return _ext().w8a8_linear(x, qweight, scale, _bias32(bias))
+def w8a8_vnni(x, qweight, scale, bias=None, act_group_size=None):
+    """W8A8 dynamic: fused per-token (or token-group) int8 quantization, AVX512-VNNI u8 x s8 -> int32."""
+    return _ext().w8a8_linear(x, qweight, scale, _bias32(bias), act_group_size or 0)
 
 
-def w8a8_amx(x, qweight, scale, bias=None):
+def w8a8_amx(x, qweight, scale, bias=None, act_group_size=None):
     """W8A8 dynamic on AMX-INT8: weight rows as tile A (canonical layout), x_q as tile B."""
-    return _ext().w8a8_linear_amx(x, qweight, scale, _bias32(bias))
+    return _ext().w8a8_linear_amx(x, qweight, scale, _bias32(bias), act_group_size or 0)
 
 
 @functools.cache
@@ -93,7 +93,8 @@ def amx_status() -> tuple[bool, str]:
     return True, "AMX-INT8 available"
 
 
-def quantize_per_token(x):
-    """The W8A8 kernel's own activation quantization: (x_q int8 [M, K], x_scale fp32 [M])."""
-    x_q, x_scale = _ext().quantize_per_token(x)
+def quantize_activations(x, group_size=None):
+    """The W8A8 kernel's own activation quantization: (x_q int8 [M, K], x_scale fp32 [M], or
+    [M, K // group_size] with token groups)."""
+    x_q, x_scale = _ext().quantize_activations(x, group_size or 0)
     return x_q, x_scale

@@ -11,9 +11,11 @@ at::Tensor int4_dense_linear(const at::Tensor&, const at::Tensor&, const at::Ten
                              const c10::optional<at::Tensor>&);
 at::Tensor int4_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                        const c10::optional<at::Tensor>&);
-at::Tensor w8a8_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
-std::vector<at::Tensor> quantize_per_token(const at::Tensor&);
-at::Tensor w8a8_linear_amx(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&);
+at::Tensor w8a8_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                       int64_t);
+std::vector<at::Tensor> quantize_activations(const at::Tensor&, int64_t);
+at::Tensor w8a8_linear_amx(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                           int64_t);
 bool amx_available();
 }  // namespace lowbit
 
@@ -23,8 +25,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_dense_linear", &lowbit::int8_dense_linear, "int8 weight-only linear, large M (bf16 GEMM)");
   m.def("int4_dense_linear", &lowbit::int4_dense_linear, "int4 weight-only linear, large M (bf16 GEMM)");
   m.def("int4_linear", &lowbit::int4_linear, "int4 group-wise linear (AVX512-BF16 dot)");
-  m.def("w8a8_linear", &lowbit::w8a8_linear, "W8A8 dynamic per-token linear (AVX512-VNNI)");
-  m.def("w8a8_linear_amx", &lowbit::w8a8_linear_amx, "W8A8 dynamic per-token linear (AMX-INT8)");
+  m.def("w8a8_linear", &lowbit::w8a8_linear, "W8A8 dynamic linear, per-token or token-group activations (AVX512-VNNI)");
+  m.def("w8a8_linear_amx", &lowbit::w8a8_linear_amx, "W8A8 dynamic linear, per-token or token-group activations (AMX-INT8)");
   m.def("amx_available", &lowbit::amx_available, "AMX tile state granted by Linux");
-  m.def("quantize_per_token", &lowbit::quantize_per_token, "symmetric int8 per-token quantization");
+  m.def("quantize_activations", &lowbit::quantize_activations, "symmetric int8 per-token (group 0) or per token-group quantization");
 }

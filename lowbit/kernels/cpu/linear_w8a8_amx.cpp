@@ -3,6 +3,8 @@
 // bytes of the canonical int8 [N, K] matrix, no repacking. Activations are the B operand,
 // reordered once per call into AMX's VNNI order, B[kk][4j + i] = x_q[token j][4kk + i].
 // s8 x s8 -> int32 needs no offset. Rows past the last multiple of 16 use the VNNI kernel.
+// Grouped activations: after each group the C tiles are stored, scaled by the 16 tokens'
+// x_scale[:, g] (one vector, C's columns are tokens) and summed in fp32, then zeroed.
 #include "w8a8.h"
 
 #include <sys/syscall.h>
@@ -91,6 +93,65 @@ void epilogue(const W8A8Args& a, const int32_t* c, int64_t n0, int64_t tile, xt*
   }
 }
 
+// f [16 rows n][16 tokens] fp32 (already times x_scale) -> y[m, n0:n0+16] = f * scale[n] + bias[n].
+template <typename xt>
+void epilogue_grouped(const W8A8Args& a, const float* f, int64_t n0, int64_t tile, xt* y) {
+  __m512i r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(f + i * kTile);
+  transpose16(r);  // bit patterns move unchanged
+  const __m512 scale = _mm512_loadu_ps(a.scale + n0);
+  const __m512 bias = a.bias ? _mm512_loadu_ps(a.bias + n0) : _mm512_setzero_ps();
+  for (int j = 0; j < kTile; ++j) {
+    const int64_t m = tile * kTile + j;
+    if (m >= a.M) break;
+    store16(y + m * a.N + n0, _mm512_fmadd_ps(_mm512_castsi512_ps(r[j]), scale, bias));
+  }
+}
+
+// facc[16 x 16] += c * x_scale_t[16 tokens] (c: one stored C tile, rows = outputs, cols = tokens).
+inline void accumulate_group(const int32_t* c, const float* scales, float* facc) {
+  const __m512 s = _mm512_loadu_ps(scales);
+  for (int i = 0; i < kTile; ++i) {
+    const __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(c + i * kTile));
+    _mm512_store_ps(facc + i * kTile, _mm512_fmadd_ps(v, s, _mm512_load_ps(facc + i * kTile)));
+  }
+}
+
+// Grouped activations (a.group > 0; K is a multiple of the group, so no K tail).
+// xs_t [G, tiles * 16]: x_scale transposed, zero for padding tokens. facc: 4 x 256 fp32.
+template <typename xt>
+void amx_rows_grouped(const W8A8Args& a, const int8_t* xb, const float* xs_t, int64_t tiles, int64_t chunks,
+                      int64_t n0, xt* y, int32_t* c_buf, float* facc) {
+  const int64_t per_group = a.group / 64, Mp = tiles * kTile;
+  for (int64_t t0 = 0; t0 < tiles; t0 += kGroup) {
+    const int64_t nt = std::min<int64_t>(kGroup, tiles - t0);
+    std::memset(facc, 0, sizeof(float) * kGroup * kTile * kTile);
+    for (int64_t g = 0; g < a.G; ++g) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+        _tile_loadd(4, a.q + n0 * a.K + c * 64, a.K);
+        const int8_t* b = xb + (t0 * chunks + c) * kTileBytes;
+        const int64_t next = chunks * kTileBytes;
+        _tile_loadd(5, b, 64);
+        _tile_dpbssd(0, 4, 5);
+        if (nt > 1) { _tile_loadd(6, b + next, 64); _tile_dpbssd(1, 4, 6); }
+        if (nt > 2) { _tile_loadd(5, b + 2 * next, 64); _tile_dpbssd(2, 4, 5); }
+        if (nt > 3) { _tile_loadd(6, b + 3 * next, 64); _tile_dpbssd(3, 4, 6); }
+      }
+      const float* s = xs_t + g * Mp + t0 * kTile;
+      _tile_stored(0, c_buf, 64);
+      accumulate_group(c_buf, s, facc);
+      if (nt > 1) { _tile_stored(1, c_buf, 64); accumulate_group(c_buf, s + kTile, facc + 256); }
+      if (nt > 2) { _tile_stored(2, c_buf, 64); accumulate_group(c_buf, s + 2 * kTile, facc + 512); }
+      if (nt > 3) { _tile_stored(3, c_buf, 64); accumulate_group(c_buf, s + 3 * kTile, facc + 768); }
+    }
+    for (int64_t i = 0; i < nt; ++i) epilogue_grouped(a, facc + i * 256, n0, t0 + i, y);
+  }
+}
+
 // Output rows n0..n0+15, all tokens.
 template <typename xt>
 void amx_rows(const W8A8Args& a, const int8_t* xb, int64_t tiles, int64_t chunks, int64_t n0, xt* y,
@@ -130,13 +191,17 @@ void amx_rows(const W8A8Args& a, const int8_t* xb, int64_t tiles, int64_t chunks
 }
 
 template <typename xt>
-void amx_linear(const W8A8Args& a, const int8_t* xb, int64_t tiles, int64_t chunks, xt* y) {
+void amx_linear(const W8A8Args& a, const int8_t* xb, const float* xs_t, int64_t tiles, int64_t chunks, xt* y) {
   const int64_t blocks = a.N / kTile;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     alignas(64) int8_t a_tail[kTileBytes];
     alignas(64) int32_t c_buf[kTile * kTile];
+    alignas(64) float facc[kGroup * kTile * kTile];
     load_tile_config();  // tile state is per thread
-    for (int64_t b = b0; b < b1; ++b) amx_rows(a, xb, tiles, chunks, b * kTile, y, a_tail, c_buf);
+    for (int64_t b = b0; b < b1; ++b) {
+      if (a.group) amx_rows_grouped(a, xb, xs_t, tiles, chunks, b * kTile, y, c_buf, facc);
+      else amx_rows(a, xb, tiles, chunks, b * kTile, y, a_tail, c_buf);
+    }
     _tile_release();
   });
 }
@@ -152,16 +217,19 @@ bool amx_available() {
 
 // Same contract as w8a8_linear.
 at::Tensor w8a8_linear_amx(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
-                           const c10::optional<at::Tensor>& bias) {
+                           const c10::optional<at::Tensor>& bias, int64_t group) {
   TORCH_CHECK(amx_available(), "lowbit: AMX tile state not granted by the kernel");
   std::vector<at::Tensor> keep;
-  const W8A8Args a = w8a8_prepare(x, q, scale, bias, keep);
+  const W8A8Args a = w8a8_prepare(x, q, scale, bias, group, keep);
   const int64_t tiles = (a.M + kTile - 1) / kTile, chunks = a.Kp / 64;
   at::Tensor xb = at::empty({tiles * chunks * kTileBytes}, x.options().dtype(at::kChar));
   reorder_x(a, xb.data_ptr<int8_t>(), tiles, chunks);
+  at::Tensor xs_t;  // grouped: x_scale [G, tiles * 16], padding tokens 0
+  if (a.group) xs_t = at::constant_pad_nd(keep[1], {0, 0, 0, tiles * kTile - a.M}).t().contiguous();
+  const float* xs = a.group ? xs_t.data_ptr<float>() : nullptr;
   at::Tensor y = at::empty({a.M, a.N}, x.options());
-  if (y.scalar_type() == at::kFloat) amx_linear(a, xb.data_ptr<int8_t>(), tiles, chunks, y.data_ptr<float>());
-  else amx_linear(a, xb.data_ptr<int8_t>(), tiles, chunks, y.data_ptr<at::BFloat16>());
+  if (y.scalar_type() == at::kFloat) amx_linear(a, xb.data_ptr<int8_t>(), xs, tiles, chunks, y.data_ptr<float>());
+  else amx_linear(a, xb.data_ptr<int8_t>(), xs, tiles, chunks, y.data_ptr<at::BFloat16>());
   w8a8_vnni_rows(a, y, a.N / kTile * kTile);
   return y;
 }
