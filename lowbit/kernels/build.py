@@ -16,7 +16,7 @@ from lowbit._cache import cache_dir
 NAME = "lowbit_cpu_kernels"
 SOURCE_DIR = Path(__file__).parent / "cpu"
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-          "-mavx512vnni", "-mavx512bf16", "-mamx-tile", "-mamx-int8", "-fopenmp"]
+          "-mavx512vnni", "-mavx512bf16", "-mavx512vbmi", "-mamx-tile", "-mamx-int8", "-fopenmp"]
 
 
 def sources() -> list[Path]:

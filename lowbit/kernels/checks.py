@@ -54,6 +54,26 @@ def int8_weight(op, x, qweight, scale, bias):
     _same_device(op, x, qweight=qweight, scale=scale, bias=bias)
 
 
+def lowbit_weight(op, x, packed, scale, zero_point, group_size, bits, bias):
+    if not isinstance(bits, int) or not 2 <= bits <= 7:
+        _fail(op, "bits", "2..7", bits)
+    if packed.dim() != 2:
+        _fail(op, "packed", f"a uint8 matrix [N, ceil(K * {bits} / 8)]", list(packed.shape))
+    _dtype(op, "packed", packed, torch.uint8)
+    if not isinstance(group_size, int) or group_size <= 0 or group_size % 32:
+        _fail(op, "group_size", "a positive multiple of 32", group_size)
+    if scale.dim() != 2:
+        _fail(op, "scale", "a bfloat16 matrix [N, K // group_size]", list(scale.shape))
+    N, K = packed.shape[0], scale.shape[1] * group_size
+    for name, t in (("scale", scale), ("zero_point", zero_point)):
+        _dtype(op, name, t, torch.bfloat16)
+        _shape(op, name, t, (N, K // group_size))
+    _shape(op, "packed", packed, (N, (K * bits + 7) // 8))
+    _activation(op, x, K)
+    _bias(op, bias, N)
+    _same_device(op, x, packed=packed, scale=scale, zero_point=zero_point, bias=bias)
+
+
 def act_group(op, group_size, K):
     """Activation groups of the W8A8 kernels: None (per token) or a multiple of 64 dividing K."""
     if group_size is None:

@@ -10,22 +10,26 @@ import torch
 
 from lowbit.kernels import checks, cpu, cuda, reference
 
-OPS = ("linear_int8_weight_only", "linear_int4", "linear_w8a8_dynamic", "linear_dequant")
+OPS = ("linear_int8_weight_only", "linear_int4", "linear_lowbit", "linear_w8a8_dynamic", "linear_dequant")
 
 # Batch size (rows of x) from which a GEMM-style kernel replaces the streaming (GEMV-style) one,
 # measured with benchmarks/kernels.py: the weight-only ops dequantize row chunks to bf16 for a
 # bf16 GEMM; W8A8 moves from AVX512-VNNI to AMX-INT8 tiles (where the CPU has AMX).
-DENSE_FROM_M = {"linear_int8_weight_only": 16, "linear_int4": 16, "linear_w8a8_dynamic": 4}
+DENSE_FROM_M = {"linear_int8_weight_only": 16, "linear_int4": 16, "linear_lowbit": 16,
+                "linear_w8a8_dynamic": 4}
 
 KERNELS = {
     "reference.linear_int8_weight_only": reference.linear_int8_weight_only,
     "reference.linear_int4": reference.linear_int4,
+    "reference.linear_lowbit": reference.linear_lowbit,
     "reference.linear_w8a8_dynamic": reference.linear_w8a8_dynamic,
     "reference.linear_dequant": reference.linear_dequant,
     "cpu.int8_gemv": cpu.int8_gemv,
     "cpu.int8_dense_bf16": cpu.int8_dense,
     "cpu.int4_gemv": cpu.int4_gemv,
     "cpu.int4_dense_bf16": cpu.int4_dense,
+    "cpu.lowbit_gemv": cpu.lowbit_gemv,
+    "cpu.lowbit_dense_bf16": cpu.lowbit_dense,
     "cpu.w8a8_vnni": cpu.w8a8_vnni,
     "cpu.w8a8_amx": cpu.w8a8_amx,
     "cuda.int8_gemv": cuda.int8_gemv,
@@ -43,7 +47,7 @@ def kernel_for(op: str, x: torch.Tensor) -> str:
         return f"reference.{op}"
     M = x.numel() // max(x.shape[-1], 1)
     if x.device.type == "cuda":
-        if op == "linear_w8a8_dynamic" or cuda.extension_status()[0] is None:
+        if op in ("linear_w8a8_dynamic", "linear_lowbit") or cuda.extension_status()[0] is None:
             return f"reference.{op}"
         if op == "linear_int4":
             return "cuda.int4_gemv" if M <= cuda.GEMV_MAX_M else "cuda.int4_dense"
@@ -55,6 +59,10 @@ def kernel_for(op: str, x: torch.Tensor) -> str:
         return "cpu.int8_gemv" if M < DENSE_FROM_M[op] else "cpu.int8_dense_bf16"
     if op == "linear_int4":
         return "cpu.int4_gemv" if M < DENSE_FROM_M[op] else "cpu.int4_dense_bf16"
+    if op == "linear_lowbit":
+        if not cpu.vbmi_status()[0]:
+            return f"reference.{op}"
+        return "cpu.lowbit_gemv" if M < DENSE_FROM_M[op] else "cpu.lowbit_dense_bf16"
     return "cpu.w8a8_amx" if M >= DENSE_FROM_M[op] and cpu.amx_status()[0] else "cpu.w8a8_vnni"
 
 
@@ -97,6 +105,14 @@ def linear_int4(x, packed, scale, zero_point, group_size, bias=None):
     checks.int4_weight("linear_int4", x, packed, scale, zero_point, group_size, bias)
     return _run("linear_int4", x, packed.contiguous(), scale.contiguous(), zero_point.contiguous(),
                 group_size, bias=bias)
+
+
+def linear_lowbit(x, packed, scale, zero_point, group_size, bits, bias=None):
+    """y = x @ w.T + bias for 2..7-bit group-wise weights, w = scale * (q - zero_point), q packed
+    as a little-endian bit string per row (lowbit.primitives.pack); see reference.linear_lowbit."""
+    checks.lowbit_weight("linear_lowbit", x, packed, scale, zero_point, group_size, bits, bias)
+    return _run("linear_lowbit", x, packed.contiguous(), scale.contiguous(), zero_point.contiguous(),
+                group_size, bits, bias=bias)
 
 
 def linear_w8a8_dynamic(x, qweight, scale, bias=None, act_group_size=None):

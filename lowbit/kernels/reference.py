@@ -41,6 +41,24 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch
     return w.reshape(N, K)
 
 
+def unpack_bits(packed: torch.Tensor, bits: int, K: int) -> torch.Tensor:
+    """packed uint8 [N, ceil(K * bits / 8)] -> q uint8 [N, K]: value i of a row is bits
+    i * bits .. i * bits + bits - 1 of the row's little-endian bit string (primitives.pack)."""
+    bit = torch.arange(K, device=packed.device) * bits
+    b = packed.to(torch.int32)
+    pair = b[:, bit // 8] | (torch.nn.functional.pad(b, (0, 1))[:, bit // 8 + 1] << 8)
+    return ((pair >> (bit % 8)) & ((1 << bits) - 1)).to(torch.uint8)
+
+
+def dequantize_lowbit(packed, scale, zero_point, group_size: int, bits: int) -> torch.Tensor:
+    """fp32 [N, K] = scale * (q - zero_point) per group, q unpacked from ``bits``-bit rows."""
+    K = scale.shape[1] * group_size
+    q = unpack_bits(packed, bits, K).float()
+    N = q.shape[0]
+    w = (q.reshape(N, -1, group_size) - zero_point.float()[..., None]) * scale.float()[..., None]
+    return w.reshape(N, K)
+
+
 def linear_dequant(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Linear with an already dequantized weight, in x's dtype (formats with no fast kernel)."""
     return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
@@ -73,6 +91,11 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     inv = torch.where(amax > 0, c127 / amax, torch.zeros_like(amax))
     x_q = torch.round(x * inv).clamp(-127, 127).to(torch.int8)
     return x_q, (amax / c127).squeeze(-1)
+
+
+def linear_lowbit(x, packed, scale, zero_point, group_size, bits, bias=None):
+    """y = x @ dequantize_lowbit(...).T + bias, computed in fp32 (2..7-bit group-wise weights)."""
+    return _linear_fp32(x, dequantize_lowbit(packed, scale, zero_point, group_size, bits), bias)
 
 
 def quantize_activations(x: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,13 +29,17 @@ def kernel_op(fmt: QFormat, activation: str | None) -> str:
             and fmt.granularity == "group" and fmt.group_size in (32, 64, 128, 256)
             and fmt.scale_dtype == "bfloat16" and not fmt.double_quant):
         return "linear_int4"
+    if (fmt.kind == "int" and fmt.num_bits in (2, 3, 5, 6, 7) and not fmt.signed and not fmt.symmetric
+            and fmt.granularity == "group" and fmt.group_size % 32 == 0
+            and fmt.scale_dtype == "bfloat16" and not fmt.double_quant):
+        return "linear_lowbit"
     return "linear_dequant"
 
 
 class QLinear(nn.Module):
     """``y = x W^T + b`` with W stored as a :class:`QTensor` (packed), run by a real kernel.
 
-    Formats with no fast kernel (3/2-bit, NF4, fp8, ...) run ``linear_dequant``: the weight is
+    Formats with no fast kernel (symmetric 2/3-bit, fp8, ...) run ``linear_dequant``: the weight is
     dequantized at each call — the reference path, reported as such by :meth:`kernel`.
     """
 
@@ -77,6 +81,9 @@ class QLinear(nn.Module):
                                                act_group_size=self.act_group_size)
         if self.op == "linear_int4":
             return kernels.linear_int4(x, w.data, w.scale, w.zero_point, w.format.group_size, self.bias)
+        if self.op == "linear_lowbit":
+            return kernels.linear_lowbit(x, w.data, w.scale, w.zero_point, w.format.group_size,
+                                         w.format.num_bits, self.bias)
         return kernels.linear_dequant(x, w.dequantize(x.dtype), self.bias)
 
     def kernel(self, x: torch.Tensor | None = None) -> str:

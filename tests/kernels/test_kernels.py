@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 import lowbit.kernels as lk
 from lowbit.kernels import cpu, ops, reference
+from lowbit.primitives import pack
 
 BUILT = cpu.extension_status()[0] is not None
 needs_ext = pytest.mark.skipif(not BUILT, reason=f"CPU kernels unavailable: {cpu.extension_status()[1]}")
@@ -50,6 +51,14 @@ def int4_weight(N, K, group_size, seed=0):
     scale = (torch.rand(N, K // group_size, generator=g) * 0.01 + 1e-4).bfloat16()
     zero_point = torch.randint(0, 16, (N, K // group_size), generator=g).bfloat16()
     return reference.pack_int4(q), scale, zero_point
+
+
+def lowbit_weight(N, K, group_size, bits, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 2 ** bits, (N, K), dtype=torch.uint8, generator=g)
+    scale = (torch.rand(N, K // group_size, generator=g) * 0.01 + 1e-4).bfloat16()
+    zero_point = torch.randint(0, 2 ** bits, (N, K // group_size), generator=g).bfloat16()
+    return pack(q, bits), scale, zero_point, q
 
 
 def inputs(M, K, N, dtype, with_bias, seed=1):
@@ -211,6 +220,53 @@ def test_public_ops_keep_leading_dims_and_accept_non_contiguous_x():
     torch.testing.assert_close(lk.linear_dequant(x, w), F.linear(x, w))
 
 
+# --- 2..7-bit weights ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
+def test_lowbit_reference_matches_hand_dequantization(bits):
+    packed, scale, zero_point, q = lowbit_weight(6, 128, 32, bits)
+    assert torch.equal(reference.unpack_bits(packed, bits, 128), q)
+    w = (q.float().reshape(6, 4, 32) - zero_point.float()[..., None]) * scale.float()[..., None]
+    torch.testing.assert_close(reference.dequantize_lowbit(packed, scale, zero_point, 32, bits), w.reshape(6, 128))
+
+
+needs_vbmi = pytest.mark.skipif(not cpu.vbmi_status()[0], reason=f"2..7-bit kernels: {cpu.vbmi_status()[1]}")
+
+
+@needs_ext
+@needs_vbmi
+@pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
+@pytest.mark.parametrize("M,K,N,group", [(1, 576, 1536, 64), (3, 1536, 576, 64), (5, 256, 33, 32),
+                                         (20, 128, 7, 128), (17, 512, 40, 256)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lowbit_kernels(bits, M, K, N, group, dtype):
+    packed, scale, zero_point, _ = lowbit_weight(N, K, group, bits)
+    x, bias = inputs(M, K, N, dtype, with_bias=N % 2 == 1)
+    ref = reference.linear_lowbit(x, packed, scale, zero_point, group, bits, bias)
+    ref_bf16_x = reference.linear_lowbit(x.bfloat16().float(), packed, scale, zero_point, group, bits, bias)
+    for name in ("cpu.lowbit_gemv", "cpu.lowbit_dense_bf16"):
+        y = ops.KERNELS[name](x, packed, scale, zero_point, group, bits, bias=bias)
+        assert y.dtype == dtype and y.shape == (M, N), name
+        w = reference.dequantize_lowbit(packed, scale, zero_point, group, bits)
+        assert bound_err(y, ref, x, w) < 1e-2, name
+        if name == "cpu.lowbit_gemv" and dtype == torch.float32:  # exact up to x's bf16 rounding
+            assert rel_err(y, ref_bf16_x) < 5e-5
+
+
+@needs_ext
+@needs_vbmi
+def test_qlinear_runs_3_and_2_bit_weights_on_the_lowbit_kernel():
+    from lowbit.formats import int_format
+    from lowbit.nn import QLinear
+    lin = torch.nn.Linear(128, 24)
+    for bits in (3, 2):
+        q = QLinear.from_float(lin, int_format(bits, signed=False, symmetric=False, group_size=64))
+        x = torch.randn(2, 128)
+        assert q.op == "linear_lowbit" and q.kernel(x) == "cpu.lowbit_gemv"
+        ref = reference.linear_dequant(x, q.weight.dequantize(), lin.bias)
+        assert rel_err(q(x), ref) < 1e-2
+
+
 # --- which kernel runs ------------------------------------------------------------------------
 
 def test_available_lists_every_op():
@@ -224,6 +280,7 @@ def test_available_lists_every_op():
 def test_available_reports_real_kernels_when_built():
     paths = {r["op"]: r["path"] for r in lk.available()}
     assert paths == {"linear_int8_weight_only": "real", "linear_int4": "real",
+                     "linear_lowbit": "real" if cpu.vbmi_status()[0] else "reference",
                      "linear_w8a8_dynamic": "real", "linear_dequant": "reference"}
 
 
@@ -273,6 +330,8 @@ def test_missing_cpu_flags_reads_cpuinfo(tmp_path):
     (lambda x, q, s, p, s4, z4: lk.linear_w8a8_dynamic(x, q, s.bfloat16()), r"scale.dtype must be torch.float32"),
     (lambda x, q, s, p, s4, z4: lk.linear_w8a8_dynamic(x, q, s, torch.zeros(3)), r"bias.shape must be \[8\]"),
     (lambda x, q, s, p, s4, z4: lk.linear_w8a8_dynamic(x, q, s, act_group_size=48), r"act_group_size must be None or a positive multiple of 64"),
+    (lambda x, q, s, p, s4, z4: lk.linear_lowbit(x, p, s4, z4, 32, 8), r"bits must be 2..7, got 8"),
+    (lambda x, q, s, p, s4, z4: lk.linear_lowbit(x, p, s4, z4, 32, 3), r"packed.shape must be \[8, 24\]"),
     (lambda x, q, s, p, s4, z4: lk.linear_int8_weight_only(x, q.to("meta"), s), r"qweight.device must be x's"),
 ])
 def test_bad_inputs_raise_value_error(call, match):

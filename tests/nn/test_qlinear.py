@@ -11,8 +11,9 @@ CASES = [  # (format, activation, op, relative tolerance)
     (INT4.replace(group_size=64), None, "linear_int4", 1e-2),
     (INT4, None, "linear_int4", 1e-2),
     (INT8, "int8_dynamic", "linear_w8a8_dynamic", 3e-2),
-    (INT3.replace(group_size=64), None, "linear_dequant", 1e-5),
-    (int_format(2, signed=False, symmetric=False, group_size=64), None, "linear_dequant", 1e-5),
+    (INT3.replace(group_size=64), None, "linear_lowbit", 1e-2),
+    (int_format(2, signed=False, symmetric=False, group_size=64), None, "linear_lowbit", 1e-2),
+    (int_format(3, group_size=64), None, "linear_dequant", 1e-5),  # symmetric: no kernel
     (NF4, None, "linear_dequant", 1e-5),
     (FP8_E4M3, None, "linear_dequant", 1e-5),
 ]

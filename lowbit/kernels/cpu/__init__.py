@@ -69,6 +69,26 @@ def int4_dense(x, packed, scale, zero_point, group_size, bias=None):
     return _ext().int4_dense_linear(x, packed, scale, zero_point, group_size, _bias32(bias))
 
 
+def lowbit_gemv(x, packed, scale, zero_point, group_size, bits, bias=None):
+    """2..7-bit group-wise, small M: vpermb/vpsrlvw unpack of 32 values -> bf16, AVX512-BF16 dot."""
+    return _ext().lowbit_linear(x, packed, scale, zero_point, group_size, bits, _bias32(bias))
+
+
+def lowbit_dense(x, packed, scale, zero_point, group_size, bits, bias=None):
+    """2..7-bit group-wise, large M: rows dequantized to bf16 in ~8 MiB chunks, a bf16 GEMM each."""
+    return _ext().lowbit_dense_linear(x, packed, scale, zero_point, group_size, bits, _bias32(bias))
+
+
+@functools.cache
+def vbmi_status() -> tuple[bool, str]:
+    """(usable, why) for the 2..7-bit kernels, which unpack with AVX512-VBMI's vpermb."""
+    module, why = extension_status()
+    if module is None:
+        return False, why
+    missing = missing_cpu_flags(flags=("avx512vbmi",))
+    return (False, f"CPU lacks {missing[0]}") if missing else (True, "AVX512-VBMI available")
+
+
 def w8a8_vnni(x, qweight, scale, bias=None, act_group_size=None):
     """W8A8 dynamic: fused per-token (or token-group) int8 quantization, AVX512-VNNI u8 x s8 -> int32."""
     return _ext().w8a8_linear(x, qweight, scale, _bias32(bias), act_group_size or 0)
