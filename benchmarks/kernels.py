@@ -56,6 +56,18 @@ def quantize_int4(w, group_size):  # asymmetric per group, q in 0..15
     return reference.pack_int4(q.reshape(N, K).to(torch.uint8)), scale, zero_point
 
 
+def quantize_lowbit(w, group_size, bits):  # asymmetric per group, q in 0..2^bits-1, bit-packed rows
+    from lowbit.primitives import pack
+    N, K = w.shape
+    top = 2 ** bits - 1
+    g = w.reshape(N, K // group_size, group_size)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / top).clamp_min(1e-8).bfloat16()
+    zero_point = torch.round(-lo / scale.float()).clamp(0, top).bfloat16()
+    q = torch.round(g / scale.float()[..., None] + zero_point.float()[..., None]).clamp(0, top)
+    return pack(q.reshape(N, K).to(torch.uint8), bits), scale, zero_point
+
+
 def methods(K: int, N: int) -> list[dict]:
     """Every method for one K x N layer: name, num_bits, group_size, kernel name, call(x)."""
     torch.manual_seed(0)
@@ -65,6 +77,8 @@ def methods(K: int, N: int) -> list[dict]:
     q8, s8 = quantize_int8(w)
     gs = 128 if K % 128 == 0 else 64
     w4 = quantize_int4(w, gs)
+    w3, w2 = quantize_lowbit(w, gs, 3), quantize_lowbit(w, gs, 2)
+    ag = 64 if K % 64 == 0 else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear},
@@ -80,9 +94,18 @@ def methods(K: int, N: int) -> list[dict]:
         dict(method=f"int4 g{gs} weight-only", tool="lowbit", num_bits=4, group_size=gs,
              kernel=lambda x: lk.kernel_for("linear_int4", x),
              call=lambda x: lk.linear_int4(x, *w4, gs, b)),
+        dict(method=f"int3 g{gs} weight-only", tool="lowbit", num_bits=3, group_size=gs,
+             kernel=lambda x: lk.kernel_for("linear_lowbit", x),
+             call=lambda x: lk.linear_lowbit(x, *w3, gs, 3, b)),
+        dict(method=f"int2 g{gs} weight-only", tool="lowbit", num_bits=2, group_size=gs,
+             kernel=lambda x: lk.kernel_for("linear_lowbit", x),
+             call=lambda x: lk.linear_lowbit(x, *w2, gs, 2, b)),
         dict(method="W8A8 dynamic (per-token sym int8)", tool="lowbit", num_bits=8, group_size=None,
              kernel=lambda x: lk.kernel_for("linear_w8a8_dynamic", x),
              call=lambda x: lk.linear_w8a8_dynamic(x, q8, s8, b)),
+        dict(method=f"W8A8 dynamic (token x {ag} groups, sym int8)", tool="lowbit", num_bits=8, group_size=None,
+             kernel=lambda x: lk.kernel_for("linear_w8a8_dynamic", x),
+             call=lambda x: lk.linear_w8a8_dynamic(x, q8, s8, b, act_group_size=ag)),
         dict(method="W8A8 dynamic (per-tensor u8, fbgemm)", tool=PEER, num_bits=8, group_size=None,
              kernel=lambda x: "quantized::linear_dynamic (fbgemm)", call=lambda x: peer(x)),
     ]

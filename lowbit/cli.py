@@ -15,7 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-RECIPES = ("rtn", "dynamic")
+RECIPES = ("rtn", "gptq", "awq", "hqq", "dynamic", "nf4", "llm-int8", "smoothquant")
+CALIBRATED = ("gptq", "awq", "smoothquant")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,10 +32,30 @@ class CliError(Exception):
 def make_recipe(args):
     from . import recipes
 
+    exclude = tuple(args.exclude)
     if args.recipe == "dynamic":
-        return recipes.DynamicPTQ(exclude=tuple(args.exclude))
+        return recipes.DynamicPTQ(exclude=exclude, act_group_size=args.act_group_size)
+    head = exclude or ("lm_head",)  # the LLM recipes keep the output head float by default
+    if args.recipe == "nf4":
+        return recipes.NF4(block_size=args.group_size or 64, exclude=head)
+    if args.recipe == "llm-int8":
+        return recipes.LLMInt8(threshold=args.threshold, exclude=head)
+    if args.recipe == "smoothquant":
+        return recipes.SmoothQuant(alpha=args.alpha, activation="dynamic", exclude=head)
     return recipes.WeightOnly(num_bits=args.bits, group_size=args.group_size, method=args.recipe,
-                              exclude=tuple(args.exclude), embeddings=args.embeddings)
+                              symmetric=False if args.recipe == "hqq" else None,
+                              exclude=exclude, embeddings=args.embeddings)
+
+
+def calibration_data(args, recipe, tokenizer):
+    """Token ids for the calibrated recipes: --calib sequences of 512 tokens (DATA.md's set)."""
+    if not recipe.needs_data:
+        return None
+    if tokenizer is None:
+        raise CliError(f"--recipe {args.recipe} calibrates on text and {args.model} has no tokenizer")
+    from .data import calibration_batches
+
+    return calibration_batches(tokenizer, n=args.calib, seq_len=512, seed=0)
 
 
 def load_any(spec: str):
@@ -61,8 +82,9 @@ def cmd_quantize(args) -> int:
 
     model, tokenizer = load_any(args.model)
     recipe = make_recipe(args)
+    data = calibration_data(args, recipe, tokenizer)
     with timed() as t:
-        q = lowbit.quantize(model, recipe, inplace=True)
+        q = lowbit.quantize(model, recipe, data=data, inplace=True)
     lowbit.save(q, args.output, tokenizer=tokenizer)
     print(q.lowbit_report.table())
     print(f"\nquantized in {t.seconds:.1f} s -> {args.output}")
@@ -125,7 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def recipe_args(sp, required: bool):
         sp.add_argument("--recipe", choices=RECIPES, required=required,
-                        help="rtn: weight-only round-to-nearest; dynamic: W8A8 dynamic")
+                        help="weight-only rtn | gptq | awq | hqq (--bits, --group-size); dynamic: "
+                             "W8A8 dynamic; nf4 (QLoRA, double quant); llm-int8; smoothquant (W8A8)")
+        sp.add_argument("--calib", type=int, default=128,
+                        help=f"calibration sequences of 512 tokens for {', '.join(CALIBRATED)} (default 128)")
+        sp.add_argument("--act-group-size", type=_group, default=64,
+                        help="dynamic: activation scale per token and this many inputs, or 'none' for per token")
+        sp.add_argument("--threshold", type=float, default=6.0, help="llm-int8 outlier threshold")
+        sp.add_argument("--alpha", type=float, default=0.5, help="smoothquant migration strength")
         sp.add_argument("--bits", type=int, default=4, help="weight bits for rtn (2..8)")
         sp.add_argument("--group-size", type=_group, default=128,
                         help="elements per scale, or 'none' for per channel (default 128)")
