@@ -67,23 +67,35 @@ template <int R, int T, typename xt>
 void lowbit_tile(const LowbitArgs& a, xt* y, int64_t n0, int64_t m0) {
   const __m512i perm = _mm512_load_si512(a.perm), shift = _mm512_load_si512(a.shift);
   const __m512i low = _mm512_set1_epi16(int16_t((1 << a.bits) - 1)), bf16_128 = _mm512_set1_epi16(0x4300);
+  const __mmask64 bytes = tail_mask64(4 * a.bits);
   __m512 acc[R][T];
   LOWBIT_UNROLL
   for (int r = 0; r < R; ++r)
     LOWBIT_UNROLL
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  __m512 scales[R];  // fp32 scales of groups g0..g0+15 of each row
   for (int64_t g = 0; g < a.G; ++g) {
+    if ((g & 15) == 0) {
+      const __mmask16 mask = tail_mask16(a.G - g);
+      LOWBIT_UNROLL
+      for (int r = 0; r < R; ++r) scales[r] = load16_bf16(a.scale + (n0 + r) * a.G + g, mask);
+    }
+    const __m512i lane = _mm512_set1_epi32(int(g & 15));
+    const int64_t k0 = g * a.group_size;
+    LOWBIT_UNROLL
+    for (int r = 0; r < R; ++r) prefetch_row(a.packed + (n0 + r) * a.row_bytes + k0 * a.bits / 8);
     __m512 d[R][T];
     LOWBIT_UNROLL
     for (int r = 0; r < R; ++r)
       LOWBIT_UNROLL
       for (int t = 0; t < T; ++t) d[r][t] = _mm512_setzero_ps();
-    for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; k += kStep) {
+    for (int64_t k = k0; k < k0 + a.group_size; k += kStep) {
       LOWBIT_UNROLL
       for (int r = 0; r < R; ++r) {
-        const uint8_t* row = a.packed + (n0 + r) * a.row_bytes;
-        prefetch_row(row + k * a.bits / 8);
-        const __m512i w = unpack32(row, k, a.bits, perm, shift, low, bf16_128);
+        const uint8_t* src = a.packed + (n0 + r) * a.row_bytes + k * a.bits / 8;
+        const __m512i v = _mm512_maskz_loadu_epi8(bytes, src);
+        const __m512i lanes = _mm512_srlv_epi16(_mm512_permutexvar_epi8(perm, v), shift);
+        const __m512i w = _mm512_ternarylogic_epi32(lanes, low, bf16_128, 0xEA);  // bf16 128 + q
         LOWBIT_UNROLL
         for (int t = 0; t < T; ++t)
           d[r][t] = _mm512_dpbf16_ps(d[r][t], (__m512bh)w, (__m512bh)_mm512_loadu_si512(a.xb + (m0 + t) * a.K + k));
@@ -91,14 +103,23 @@ void lowbit_tile(const LowbitArgs& a, xt* y, int64_t n0, int64_t m0) {
     }
     LOWBIT_UNROLL
     for (int r = 0; r < R; ++r) {
-      const int64_t i = (n0 + r) * a.G + g;
-      const float s = bf16_to_float(a.scale[i]), c = s * (128.f + bf16_to_float(a.zero[i]));
+      const __m512 s = _mm512_permutexvar_ps(lane, scales[r]);
       LOWBIT_UNROLL
-      for (int t = 0; t < T; ++t) {
-        acc[r][t] = _mm512_fmadd_ps(d[r][t], _mm512_set1_ps(s), acc[r][t]);
-        // lane 0 carries the zero-point term: - s (128 + z) sum_g(x)
-        acc[r][t] = _mm512_mask_sub_ps(acc[r][t], 1, acc[r][t], _mm512_set1_ps(c * a.sx[(m0 + t) * a.G + g]));
-      }
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(d[r][t], s, acc[r][t]);
+    }
+  }
+  // Subtract sum_g scale_g * (128 + zero_g) * sum(x in g), 16 groups at a time.
+  const __m512 c128 = _mm512_set1_ps(128.f);
+  LOWBIT_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const int64_t n = n0 + r;
+    for (int64_t g = 0; g < a.G; g += 16) {
+      const __mmask16 mask = tail_mask16(a.G - g);
+      const __m512 c = _mm512_mul_ps(load16_bf16(a.scale + n * a.G + g, mask),
+                                     _mm512_add_ps(load16_bf16(a.zero + n * a.G + g, mask), c128));
+      LOWBIT_UNROLL
+      for (int t = 0; t < T; ++t)
+        acc[r][t] = _mm512_fnmadd_ps(c, _mm512_maskz_loadu_ps(mask, a.sx + (m0 + t) * a.G + g), acc[r][t]);
     }
   }
   LOWBIT_UNROLL
