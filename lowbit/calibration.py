@@ -23,8 +23,10 @@ from typing import Callable
 
 import torch
 from torch import nn
+
 from tqdm.auto import tqdm
 
+from ._memory import release_freed_memory
 from .qtensor import QTensor
 
 log = logging.getLogger("lowbit")
@@ -335,6 +337,8 @@ def quantize_blocks(model: nn.Module, data: torch.Tensor, quantize_linear: Quant
                         results[full] = qt
             for k, inp in enumerate(inputs):
                 inputs[k] = (run_block(block, inp), inp[1], inp[2])
+            del stats
+            release_freed_memory()
     model.train(was_training)
     return results
 

@@ -8,6 +8,8 @@ from typing import Callable
 
 from torch import nn
 
+from .._memory import release_freed_memory
+
 log = logging.getLogger("lowbit")
 
 
@@ -78,9 +80,10 @@ def swap_modules(
     """
     _check_literal_includes(model, types, include)
     report = QuantReport(recipe)
-    for name, module in list(model.named_modules()):
-        if not name or not isinstance(module, types):
-            continue
+    # names only: holding the modules would keep every replaced float weight alive to the end
+    names = [name for name, module in model.named_modules() if name and isinstance(module, types)]
+    for name in names:
+        module = model.get_submodule(name)
         kind = type(module).__name__
         if not matches(name, include) or matches(name, exclude):
             report.layers.append(LayerReport(name, kind, "excluded", reason="excluded by pattern"))
@@ -92,6 +95,8 @@ def swap_modules(
             continue
         set_submodule(model, name, new)
         report.layers.append(describe(name, kind, new))
+        del module, new
+        release_freed_memory()
     if not report.quantized:
         log.warning("lowbit: %s quantized no layer (include=%s, exclude=%s)", recipe, include, exclude)
     return report
