@@ -23,7 +23,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-
 from tqdm.auto import tqdm
 
 from ._memory import release_freed_memory

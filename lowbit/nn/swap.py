@@ -120,6 +120,9 @@ def _check_literal_includes(model: nn.Module, types, include) -> None:
 
 
 def describe(name: str, kind: str, module: nn.Module) -> LayerReport:
+    if hasattr(module, "lowbit_describe"):  # layers that are not (yet) packed, e.g. QAT
+        label, kernel, bpw = module.lowbit_describe()
+        return LayerReport(name, kind, "quantized", label, kernel, bpw)
     w = module.weight
     label = w.format.label()
     activation = getattr(module, "activation", None)
