@@ -431,10 +431,50 @@ def minilm_rows(args, base: dict) -> list[dict]:
     ]
 
 
+def sensitivity_rows(args, base: dict) -> list[dict]:
+    """How fragile is top-1 on the evaluation sets, whatever the quantizer? The fp32 model's
+    confidence, and the agreement of two float perturbations far gentler than int8: bf16
+    weights and activations, and 1% relative Gaussian noise on every weight (seed 0)."""
+    n_eval = args.eval or (200 if args.quick else 1000)
+    model, _ = load_model("efficientnet-lite0")
+    sets = {"crops": random_crops(photos(), n_eval, seed=1), "fashion": fashion_224(n_eval)}
+    with torch.no_grad():
+        ref = {k: logits_of(model, x) for k, x in sets.items()}
+        bf16 = copy.deepcopy(model).bfloat16()
+        noisy = copy.deepcopy(model)
+        g = torch.Generator().manual_seed(0)
+        for p in noisy.parameters():
+            p.add_(p * 0.01 * torch.randn(p.shape, generator=g))
+        perturbed = {"bf16 weights and activations": {k: logits_of(lambda b: bf16(b.bfloat16()), x) for k, x in sets.items()},
+                     "fp32 + 1% weight noise": {k: logits_of(noisy, x) for k, x in sets.items()}}
+    common = dict(base, model="efficientnet-lite0", tool=f"torch {torch.__version__}", group_size=None)
+    rows = []
+    for name, got in perturbed.items():
+        row = dict(common, method=f"sensitivity: {name}", num_bits=16 if "bf16" in name else 32,
+                   **quality(ref, got))
+        for k, logits in ref.items():
+            top2 = logits.softmax(-1).topk(2, -1).values
+            row[f"fp32_mean_max_prob_{k}"] = round(top2[:, 0].mean().item(), 4)
+            row[f"fp32_median_top2_margin_{k}"] = round((top2[:, 0] - top2[:, 1]).median().item(), 4)
+        rows.append(row)
+        log.info("%s: %s", name, {k: v for k, v in row.items() if "top1" in k or "fp32_" in k})
+    return rows
+
+
+def merge_rows(path: Path, rows: list[dict]) -> None:
+    """Replace rows with the same (model, method, tool), keep the others; atomic write."""
+    key = lambda r: (r.get("model"), r.get("method"), r.get("tool"))  # noqa: E731
+    old = json.loads(path.read_text()) if path.exists() else []
+    new = {key(r) for r in rows}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps([r for r in old if key(r) not in new] + rows, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sets, fewer rounds")
-    parser.add_argument("--only", choices=("efficientnet", "fashion", "minilm"), action="append")
+    parser.add_argument("--only", choices=("efficientnet", "fashion", "minilm", "sensitivity"), action="append")
     parser.add_argument("--observer", default="histogram", help="lowbit observer timed and exported")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--calib", type=int, default=None, help="EfficientNet calibration crops")
@@ -447,7 +487,8 @@ def main() -> None:
     torch.manual_seed(0)
     base = {"machine": machine(), "lowbit_version": VERSION}
     rows = []
-    for name, fn in (("fashion", fashion_rows), ("minilm", minilm_rows), ("efficientnet", efficientnet_rows)):
+    for name, fn in (("fashion", fashion_rows), ("minilm", minilm_rows), ("efficientnet", efficientnet_rows),
+                     ("sensitivity", sensitivity_rows)):
         if args.only and name not in args.only:
             continue
         start = time.perf_counter()
@@ -455,8 +496,8 @@ def main() -> None:
         log.info("%s done in %.0f s", name, time.perf_counter() - start)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1) + "\n")
-    log.info("wrote %s (%d rows)", out, len(rows))
+    merge_rows(out, rows)
+    log.info("merged %d rows into %s", len(rows), out)
 
 
 if __name__ == "__main__":
