@@ -1,0 +1,143 @@
+"""QLoRA on SmolLM2-135M: LoRA adapters trained on a frozen NF4 (+ double quant) base -> results/qat.json.
+
+    python benchmarks/qlora.py [--minutes 20] [--rank 16] [--seq 256] [--batch 4] [--lr 2e-4]
+                               [--tokens 32768] [--out results/qat.json]
+
+Training data: random windows of emma + mansfieldpark (lowbit.data.calibration_batches, seed 1);
+evaluation: Pride and Prejudice under DATA.md's protocol (first --tokens tokens, 512-token
+windows), for fp32, the NF4 model without adapters and the NF4 model with the trained
+adapters (all in lock-step, KL against fp32). The base stays NF4 throughout: its packed bytes
+are compared before and after training. Training memory: the process's peak RSS over the
+QLoRA steps, against the peak of a few steps of full fp32 fine-tuning (AdamW) of the same
+model and batch, measured in a child process so one does not inflate the other.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "smollm2-135m"
+log = logging.getLogger("lowbit.bench")
+
+
+def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+
+
+def fp32_training_peak(seq: int, batch: int, steps: int = 3) -> float:
+    """Peak RSS (MiB) of full fp32 fine-tuning with AdamW, in this (fresh) process."""
+    from lowbit.data import calibration_batches
+    from lowbit.eval import peak_rss_mb
+    from lowbit.models import load_model
+
+    model, tok = load_model(MODEL)
+    model.train()
+    data = calibration_batches(tok, n=steps * batch, seq_len=seq, seed=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    for i in range(steps):
+        loss = lm_loss(model, data[i * batch:(i + 1) * batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return peak_rss_mb()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=20.0, help="training time budget")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--alpha", type=float, default=32.0)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--out", type=Path, default=ROOT / "results/qat.json")
+    ap.add_argument("--fp32-peak-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if args.fp32_peak_child:
+        print("LOWBIT_PEAK", fp32_training_peak(args.seq, args.batch))
+        return
+
+    import lowbit
+    from lowbit.data import calibration_batches, eval_tokens
+    from lowbit.doctor import machine
+    from lowbit.eval import evaluate_lm, track_peak_rss
+    from lowbit.lora import LoRAConfig, add_lora, load_adapters, lora_parameters, save_adapters
+    from lowbit.models import load_model
+    from lowbit.recipes import NF4
+    from tqdm.auto import tqdm
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ptq import merge_rows  # noqa: E402  (rows keyed by model, method, tool)
+
+    child = subprocess.run([sys.executable, __file__, "--fp32-peak-child", "--seq", str(args.seq),
+                            "--batch", str(args.batch)], capture_output=True, text=True)
+    fp32_peak = next((float(l.split()[1]) for l in child.stdout.splitlines() if l.startswith("LOWBIT_PEAK")), None)
+    log.info("fp32 full fine-tuning peak RSS: %s MiB", fp32_peak)
+
+    fp32, tok = load_model(MODEL)
+    fp32.eval()
+    nf4 = lowbit.quantize(fp32, NF4(block_size=64, double_quant=True))   # head and embedding fp32
+    config = LoRAConfig(rank=args.rank, alpha=args.alpha)
+    model = add_lora(lowbit.quantize(fp32, NF4(block_size=64, double_quant=True)), config)
+    packed_before = {n: m.base.weight.data.clone() for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    params = list(lora_parameters(model).values())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    budget = args.minutes * 60
+    data = calibration_batches(tok, n=4096, seq_len=args.seq, seed=1)
+    model.train()
+    losses, step, start = [], 0, time.perf_counter()
+    with track_peak_rss() as rss, tqdm(desc="QLoRA", unit="step", disable=None) as bar:
+        while time.perf_counter() - start < budget and (step + 1) * args.batch <= len(data):
+            loss = lm_loss(model, data[step * args.batch:(step + 1) * args.batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    train_s = time.perf_counter() - start
+    model.eval()
+    base_unchanged = all(torch.equal(m.base.weight.data, packed_before[n]) for n, m in model.named_modules()
+                         if hasattr(m, "lora_A"))
+    with tempfile.TemporaryDirectory() as tmp:  # adapters alone, reloaded onto a fresh NF4 base
+        save_adapters(model, Path(tmp) / "adapters")
+        adapter_bytes = sum(f.stat().st_size for f in (Path(tmp) / "adapters").iterdir())
+        reloaded = load_adapters(lowbit.quantize(fp32, NF4(block_size=64, double_quant=True)), Path(tmp) / "adapters")
+    tokens = eval_tokens(tok, num_tokens=args.tokens)
+    res = evaluate_lm({"fp32": fp32, "nf4": nf4, "qlora": reloaded}, tokens, reference="fp32")
+    common = {"model": "SmolLM2-135M-Instruct", "tool": "lowbit", "machine": machine(),
+              "lowbit_version": lowbit.__version__, "eval_tokens": int(tokens.numel()), "head": "fp32"}
+    rows = [
+        {**common, "method": "fp32", "ppl": res["fp32"].ppl, "kl": 0.0},
+        {**common, "method": "nf4 + double quant (block 64), no adapters", "ppl": res["nf4"].ppl, "kl": res["nf4"].kl},
+        {**common, "method": f"qlora: nf4 base + LoRA r{args.rank} (alpha {args.alpha:g}) on 7 projections",
+         "ppl": res["qlora"].ppl, "kl": res["qlora"].kl, "train_steps": step, "train_s": round(train_s, 1),
+         "train_tokens": step * args.batch * args.seq, "lr": args.lr, "first_loss": losses[0] if losses else None,
+         "last_loss_mean_20": sum(losses[-20:]) / max(1, len(losses[-20:])),
+         "train_peak_rss_mb": rss.peak_mb, "fp32_finetune_peak_rss_mb": fp32_peak,
+         "base_weights_unchanged_nf4": base_unchanged, "adapter_bytes": adapter_bytes,
+         "trainable_params": sum(p.numel() for p in params)},
+    ]
+    for r in rows:
+        log.info("%s", {k: v for k, v in r.items() if k != "machine"})
+    merge_rows(args.out, rows)
+
+
+if __name__ == "__main__":
+    main()
