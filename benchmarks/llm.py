@@ -137,6 +137,8 @@ def main() -> None:
     ap.add_argument("--no-decode", action="store_true", help="skip the batch-1 decode timing")
     ap.add_argument("--fp32-row", action="store_true", help="also write the fp32 row")
     ap.add_argument("--peers", action="store_true", help="then run benchmarks/llm_peers.py in .venv-peers")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only re-measure quantize time and peak memory of the runs' existing rows")
     ap.add_argument("--out", type=Path, default=ROOT / "results/llm.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -163,6 +165,19 @@ def main() -> None:
               "calibration": f"{args.calib}x512 seed 0 emma+mansfieldpark", "head": "fp32",
               "fp32_model_mb": fp32_mb}
     prompt = tokenizer(PROMPT, return_tensors="pt").input_ids
+    if args.memory_only:
+        rows = json.loads(args.out.read_text())
+        for method, bits in parse_runs(args.runs):
+            _, fields = make_recipe(method, bits)
+            with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as out_dir:
+                info = run_child(method, bits, args.calib, out_dir)
+            for r in rows:
+                if r.get("tool") == "lowbit" and all(r.get(k) == fields[k] for k in ("method", "num_bits", "group_size")):
+                    r.update(quant_s=info["quant_s"], peak_rss_mb=info["peak_rss_mb"],
+                             rss_before_quantize_mb=info["rss_before_quantize_mb"], loadavg=os.getloadavg()[0])
+            log.info("%s: quant %.1f s, peak %.0f MiB", fields["method"], info["quant_s"], info["peak_rss_mb"])
+            merge(args.out, rows)
+        return
     if args.fp32_row:
         ref = evaluate_lm({"fp32": model}, tokens, reference="fp32")["fp32"]
         fp = footprint(model)

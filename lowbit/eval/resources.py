@@ -13,7 +13,19 @@ MIB = 1024 * 1024  # RSS figures are in MiB, as the kernel counts pages
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (``getrusage`` ru_maxrss)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``getrusage``'s ru_maxrss, which survives
+    ``execve``: a child started by a large parent would report the parent's size at the fork.
+    Elsewhere: ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # "VmHWM:  1234 kB"
+    except OSError:
+        pass
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss / MIB if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB else
 
