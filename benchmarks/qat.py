@@ -6,9 +6,9 @@ so that the fake-quantized conv weights include BN. At each setting, PTQ and QAT
 - W8A8, W4A4, W2A8 (per-channel weights, per-tensor asymmetric activations at each layer's
   input). PTQ = ``prepare_qat(..., QAT(learn=None))`` evaluated with no training (min/max fake
   quantization); QAT = the same prepared model fine-tuned from the fp32 weights with
-  ``lowbit.qat.fit`` (AdamW, cosine decay, cross-entropy, plus distillation from the fp32
-  model where ``--kd`` says so). W4A4/W2A8 also run with the first conv and the fc at W8A8,
-  the usual practice for low-bit CNNs (said in the row).
+  ``lowbit.qat.fit`` (AdamW, cosine decay, cross-entropy; ``--kd`` adds distillation from the
+  fp32 model, which did not help at 1 epoch here). W4A4/W2A8 also run with the first conv and
+  the fc at W8A8, the usual practice for low-bit CNNs (said in the row).
 - int8 on real kernels: the W8A8 QAT-trained float weights, through ``StaticPTQ``.
 - Peer: PyTorch's eager QAT (torch.ao prepare_qat/convert, x86 qconfig, fused conv+bn+relu,
   FloatFunctional for the residual add) on the same model, data order, steps, batch size,
@@ -20,7 +20,7 @@ Every lowbit and torch.ao run sees the same batches (one seeded order, same rand
 Rows are merged into results/qat.json by (model, method, tool), written atomically, so rows
 that other scripts add survive; ``--quick`` writes to a temporary file instead.
 
-    python benchmarks/qat.py                  # full: ~10-15 min on a quiet 2-core machine
+    python benchmarks/qat.py                  # full, 936 steps a run: ~10 min on 2 cores
     python benchmarks/qat.py --quick          # 30 steps, 1000 test images: a smoke run
     python benchmarks/qat.py --only w4a4 --steps 400
 """
@@ -342,8 +342,6 @@ class Bench:
 
 
 def run_control(b: Bench) -> None:
-    b.add("fp32", f"torch {torch.__version__}", 32, 32, b.fp32_acc,
-          "examples/fashion_cnn.py checkpoint (load_fashion_cnn), no quantization")
     ft = copy.deepcopy(b.model)
     seconds = train(ft, b.batches, b.schedule, "fp32 fine-tune")
     b.add("fp32 fine-tuned (same schedule, no quantization)", f"torch {torch.__version__}", 32, 32,
@@ -352,7 +350,7 @@ def run_control(b: Bench) -> None:
 
 
 def run_setting(b: Bench, setting: Setting, learns: tuple, kd: bool) -> dict:
-    """PTQ and QAT rows of one setting; returns {learn: trained model}."""
+    """PTQ and QAT rows of one setting; returns {label: (trained model, train seconds)}."""
     w, a = setting.weight_bits, setting.act_bits
     ptq = prepare(b.model, setting, None, b.calib).eval()
     b.add(f"PTQ {setting.name}{' (edges W8A8)' if setting.edge_8bit else ''} min/max fake quant",
@@ -363,28 +361,28 @@ def run_setting(b: Bench, setting: Setting, learns: tuple, kd: bool) -> dict:
     for learn in learns:
         q, seconds = b.qat(setting, learn, kd)
         label = "LSQ" if learn == "lsq" else "observers" if learn is None else learn
+        label += ", CE+KD" if kd else ""
         loss = "0.5 CE + 0.5 KD(fp32 teacher, T=2)" if kd else "cross-entropy"
         b.add(f"QAT {setting.name}{' (edges W8A8)' if setting.edge_8bit else ''} ({label})",
               "lowbit", w, a, test_accuracy(q, b.n_eval),
               f"fake-quant accuracy after lowbit.qat.fit from the fp32 weights; {setting.describe()}; "
               f"learn={learn}; {loss}; {b.schedule.describe()}; observers frozen at 80%",
               b.schedule.steps, seconds, formats=formats_of(q))
-        trained[learn] = q
+        trained[label] = (q, seconds)
     return trained
 
 
 def run_int8(b: Bench, trained: dict) -> None:
     """The W8A8 QAT-trained float weights on lowbit's real int8 kernels (StaticPTQ)."""
-    for learn, q in trained.items():
-        label = "LSQ" if learn == "lsq" else "observers"
+    for label, (q, seconds) in trained.items():
         int8 = lowbit.quantize(unwrap_qat(q), StaticPTQ(observer="minmax"), data=[b.calib])
         kernels = sorted({r.kernel for r in int8.lowbit_report.quantized})
         b.add(f"QAT W8A8 ({label}) -> real int8 kernels", "lowbit", 8, 8,
               test_accuracy(int8, b.n_eval),
               "real int8 kernels (StaticPTQ on QAT-trained weights): the .module weights of the "
-              f"W8A8 QAT model, StaticPTQ(observer='minmax') calibrated on the same 512 images "
-              f"(per-channel int8 weights = the grid QAT trained on for learn=None)",
-              b.schedule.steps, 0.0, kernels=kernels, int8_layers=len(int8.lowbit_report.quantized))
+              "W8A8 QAT model, StaticPTQ(observer='minmax') calibrated on the same 512 images "
+              "(per-channel int8 weights = the grid QAT trained on for learn=None)",
+              b.schedule.steps, seconds, kernels=kernels, int8_layers=len(int8.lowbit_report.quantized))
 
 
 def run_torch_ao(b: Bench) -> None:
@@ -405,7 +403,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per run (default 936 = 2 epochs; 30 with --quick)")
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--kd", choices=("none", "low-bit", "all"), default="low-bit",
+    parser.add_argument("--kd", choices=("none", "low-bit", "all"), default="none",
                         help="distil from the fp32 model: never, for W4A4/W2A8 only, or always")
     parser.add_argument("--only", choices=GROUPS, action="append")
     parser.add_argument("--threads", type=int, default=2)
@@ -420,6 +418,8 @@ def main() -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     b = Bench(args)
+    b.add("fp32", f"torch {torch.__version__}", 32, 32, b.fp32_acc,
+          "examples/fashion_cnn.py checkpoint (load_fashion_cnn), no quantization")
     groups = args.only or GROUPS
     kd_low = args.kd != "none"
     if "control" in groups:

@@ -103,6 +103,21 @@ class FakeQuantizer(nn.Module):
         else:
             self.zero_point = zero
 
+    def load_grid(self, weight: QTensor) -> None:
+        """Start from an already quantized weight's grid (e.g. GPTQ's): its scales and zero
+        points become this quantizer's (learned ones stay learnable)."""
+        fmt = weight.format
+        if (fmt.num_bits, fmt.granularity, fmt.group_size, fmt.symmetric) != (
+                self.fmt.num_bits, self.fmt.granularity, self.fmt.group_size, self.fmt.symmetric):
+            raise ValueError(f"{self.name}: cannot start from a {fmt.label()} weight; this quantizer "
+                             f"trains {self.stored_fmt.label()}")
+        scale = weight.scales().float().reshape(self.scale.shape)
+        zero = (weight.zero_point.float().reshape(self.scale.shape) if weight.zero_point is not None
+                else torch.full_like(scale, float(fixed_zero_point(self.fmt))))
+        with torch.no_grad():
+            self.scale.copy_(scale)
+            self.zero_point.copy_(zero)
+
     def _observe(self, x: torch.Tensor) -> None:
         scale, zero = self._qparams(x)
         if self.momentum is not None:  # moving average of the range (activations)
@@ -247,12 +262,14 @@ class QAT:
 
 
 def prepare_qat(model: nn.Module, recipe: QAT, data: Iterable | None = None, *,
-                inplace: bool = False) -> nn.Module:
+                inplace: bool = False, init: dict[str, QTensor] | None = None) -> nn.Module:
     """A trainable copy of ``model`` with every matching Linear/Conv2d fake-quantized.
 
     Activation quantizers are initialized from the first batches of ``data`` (needed when
     ``recipe.act_bits`` is set): run before building the optimizer, so learned scales are
-    registered parameters by then.
+    registered parameters by then. ``init`` maps layer names to already quantized weights
+    (e.g. from GPTQ, ``lowbit.quantize(model, WeightOnly(method="gptq", ...))``): those layers
+    start from that weight (dequantized) and its grid instead of the float weight's range.
     """
     if not isinstance(recipe, QAT):
         raise TypeError(f"prepare_qat needs a lowbit.qat.QAT recipe, got {type(recipe).__name__}")
@@ -262,11 +279,16 @@ def prepare_qat(model: nn.Module, recipe: QAT, data: Iterable | None = None, *,
     def build(name: str, module: nn.Module) -> nn.Module:
         cls = QATConv2d if isinstance(module, nn.Conv2d) else QATLinear
         try:
-            return cls(module, recipe.weight_format, recipe.input_format, recipe.learn, name)
+            layer = cls(module, recipe.weight_format, recipe.input_format, recipe.learn, name)
         except ValueError as err:
             if "does not divide" in str(err):
                 raise Skip(str(err)) from None
             raise
+        if init and name in init:
+            with torch.no_grad():
+                module.weight.copy_(init[name].dequantize(module.weight.dtype).reshape(module.weight.shape))
+            layer.weight_quant.load_grid(init[name])
+        return layer
 
     report = swap_modules(model, build, types=(nn.Linear, nn.Conv2d), include=recipe.include,
                           exclude=recipe.exclude, recipe=recipe.describe())

@@ -117,3 +117,17 @@ def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
     assert distillation_loss(a, torch.randn(4, 7, 11), temperature=2.0).item() > 0
     with pytest.raises(ValueError, match="same shape"):
         distillation_loss(a, a[:, :3])
+
+
+def test_qat_can_start_from_an_already_quantized_grid():
+    from lowbit.qtensor import QTensor
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 64))
+    fmt = QAT(num_bits=3, group_size=64).weight_format
+    ptq = QTensor.from_float(model[0].weight.detach() * 1.1, fmt)  # some other grid
+    qat = prepare_qat(model, QAT(num_bits=3, group_size=64), init={"0": ptq})
+    with torch.no_grad():
+        fake = qat[0].weight_quant(qat[0].weight)
+    torch.testing.assert_close(fake, ptq.dequantize(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot start from"):
+        qat[0].weight_quant.load_grid(QTensor.from_float(model[0].weight.detach(), QAT(num_bits=4, group_size=64).weight_format))
