@@ -18,6 +18,7 @@ exactly the grid the training saw (int8/int4/3/2-bit kernels as in PTQ).
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class FakeQuantizer(nn.Module):
         self.stored_fmt = fmt
         self.learn, self.momentum, self.name = learn, momentum, name
         self.observing = True
+        self.calibrating = False  # prepare_qat: widen the range over the calibration batches
         self.register_buffer("scale", None)       # [rows, groups]; a Parameter once learned
         self.register_buffer("zero_point", None)
         self._grad_factor = 1.0
@@ -94,7 +96,10 @@ class FakeQuantizer(nn.Module):
         if self.learn:
             del self._buffers["scale"]
             self.scale = nn.Parameter(scale)
-            self._grad_factor = 1.0 / math.sqrt(as_groups(x, self.fmt).shape[-1] * self.fmt.qmax)
+            # LSQ's g = 1 / sqrt(N * qmax), N the values per scale: per sample for activations
+            per_scale = (x[0].numel() if self.fmt.granularity == "tensor" and x.dim() > 1
+                         else as_groups(x, self.fmt).shape[-1])
+            self._grad_factor = 1.0 / math.sqrt(per_scale * self.fmt.qmax)
         else:
             self.scale = scale
         if self.learn == "lsq+":
@@ -118,6 +123,16 @@ class FakeQuantizer(nn.Module):
             self.scale.copy_(scale)
             self.zero_point.copy_(zero)
 
+    def _widen(self, x: torch.Tensor) -> None:
+        """Calibration: the range becomes the union of the current one and x's."""
+        xg = as_groups(x, self.fmt, name=self.name)
+        lo = torch.minimum((self.fmt.qmin - self.zero_point) * self.scale, xg.amin(-1).float())
+        hi = torch.maximum((self.fmt.qmax - self.zero_point) * self.scale, xg.amax(-1).float())
+        scale, zero = choose_qparams(x, self.fmt, min_val=lo, max_val=hi)
+        zero = torch.full_like(scale, float(fixed_zero_point(self.fmt))) if zero is None else zero
+        self.scale.copy_(scale.float())
+        self.zero_point.copy_(zero.float())
+
     def _observe(self, x: torch.Tensor) -> None:
         scale, zero = self._qparams(x)
         if self.momentum is not None:  # moving average of the range (activations)
@@ -135,6 +150,9 @@ class FakeQuantizer(nn.Module):
         if not self.initialized:
             with torch.no_grad():
                 self._initialize(x)
+        elif self.calibrating:
+            with torch.no_grad():
+                self._widen(x)
         elif self.observing and not self.learn and self.training:
             with torch.no_grad():
                 self._observe(x)
@@ -299,9 +317,15 @@ def prepare_qat(model: nn.Module, recipe: QAT, data: Iterable | None = None, *,
                              "activation ranges; pass data=[batch, ...]")
         was_training = model.training
         model.eval()
+        quantizers = [m for m in model.modules() if isinstance(m, FakeQuantizer) and m is not None]
         with torch.no_grad():
-            for batch in list(data)[:8]:
+            for i, batch in enumerate(itertools.islice(data, 8)):
                 model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+                if i == 0:  # initialized by the first batch; widen over the rest
+                    for q in quantizers:
+                        q.calibrating = True
+        for q in quantizers:
+            q.calibrating = False
         model.train(was_training)
     return model
 
@@ -313,12 +337,18 @@ def freeze_observers(model: nn.Module) -> None:
             m.freeze()
 
 
+def _keep_eval(module: nn.Module, args) -> None:
+    module.training = False
+
+
 def freeze_batchnorm(model: nn.Module) -> None:
-    """Use the running statistics from now on (BatchNorm in eval mode, its affine still trains)."""
+    """Use the running statistics from now on (BatchNorm in eval mode across model.train();
+    its affine parameters still train)."""
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not getattr(m, "_lowbit_frozen", False):
             m.eval()
-            m.train = lambda mode=True, _m=m: _m  # stays in eval across model.train()
+            m.register_forward_pre_hook(_keep_eval)
+            m._lowbit_frozen = True
 
 
 def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:

@@ -131,3 +131,24 @@ def test_qat_can_start_from_an_already_quantized_grid():
     torch.testing.assert_close(fake, ptq.dequantize(), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="cannot start from"):
         qat[0].weight_quant.load_grid(QTensor.from_float(model[0].weight.detach(), QAT(num_bits=4, group_size=64).weight_format))
+
+
+def test_activation_ranges_cover_every_calibration_batch():
+    model = nn.Sequential(nn.Linear(8, 4))
+    small, large = torch.randn(4, 8), torch.randn(4, 8) * 10
+    qat = prepare_qat(model, QAT(num_bits=8, act_bits=8, learn=None), data=[small, large])
+    fq = qat[0].input_quant
+    hi = ((fq.fmt.qmax - fq.zero_point) * fq.scale).item()
+    assert hi >= large.max().item() - 1e-4 * large.abs().max().item()
+
+
+def test_frozen_batchnorm_stays_in_eval_and_the_model_still_copies():
+    import copy
+    from lowbit.qat import freeze_batchnorm
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    freeze_batchnorm(model)
+    model.train()
+    before = model[1].running_mean.clone()
+    model(torch.randn(2, 1, 5, 5) + 3)
+    assert torch.equal(model[1].running_mean, before)
+    copy.deepcopy(model)(torch.randn(1, 1, 5, 5))
