@@ -1,6 +1,6 @@
 """Print the README's result tables from results/*.json (so every quoted number comes from a file).
 
-    python benchmarks/tables.py [kernels|kernels_cuda|llm|demo]
+    python benchmarks/tables.py [kernels|kernels_cuda|llm|demo|qat]
 """
 from __future__ import annotations
 
@@ -71,6 +71,17 @@ def llm(name: str = "llm") -> str:
     return "\n".join(out)
 
 
+def qat(name: str = "qat") -> str:
+    out = ["| model | method | tool | result | vs fp32 |", "|---|---|---|---|---|"]
+    for r in rows(name):
+        if r.get("accuracy") is not None:
+            result, delta = f"accuracy {100 * r['accuracy']:.2f}%", f"{r.get('delta_points', 0):+.2f} points"
+        else:
+            result, delta = f"ppl {fmt(r.get('ppl'))}, KL {fmt(r.get('kl'), 4)}", "-"
+        out.append(f"| {r['model']} | {r['method']} | {r['tool'].split(' (')[0]} | {result} | {delta} |")
+    return "\n".join(out)
+
+
 def demo(name: str = "demo") -> str:
     out = ["| method | perplexity | KL vs fp32 | size MB | bits/weight (model) | decode tok/s | quantize s |",
            "|---|---|---|---|---|---|---|"]
@@ -86,7 +97,8 @@ def main(argv=None) -> int:
         if name == "kernels":
             print(kernels_summary(name))
         else:
-            print(kernels(name) if name.startswith("kernels") else demo(name) if name == "demo" else llm(name))
+            table = {"demo": demo, "qat": qat}.get(name, llm)
+            print(kernels(name) if name.startswith("kernels") else table(name))
         print()
     return 0
 
