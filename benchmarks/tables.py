@@ -63,10 +63,15 @@ def llm(name: str = "llm") -> str:
             out.append(f"| {r.get('tool')} | {r['method']} | {r.get('num_bits')} | | failed: {r['error']} | | | | | | |")
             continue
         decode = fmt(r.get("decode_tok_s"), 1) + (" (reference path)" if r.get("reference_path") else "")
+        if r.get("decode_tok_s") and (r.get("loadavg") or 0) > 3:  # other jobs on the 2 cores
+            decode = f"~~{decode}~~ (load {r['loadavg']:.0f})"
+        peak = fmt(r.get("peak_rss_mb"), 0)
+        if "ru_maxrss" in (r.get("peak_rss_mb_note") or ""):
+            peak = "(not measured: parent's RSS)"
         same = {True: "yes", False: "NO"}.get(r.get("save_load_same_tokens"), "-")
         out.append(f"| {r.get('tool', 'lowbit').split(' (')[0]} | {r['method']} | {r.get('num_bits')} | "
                    f"{r.get('group_size') or 'channel'} | {fmt(r.get('ppl'))} | {fmt(r.get('kl'), 4)} | "
-                   f"{fmt(r.get('bpw_linears'))} | {fmt(r.get('quant_s'), 1)} | {fmt(r.get('peak_rss_mb'), 0)} | "
+                   f"{fmt(r.get('bpw_linears'))} | {fmt(r.get('quant_s'), 1)} | {peak} | "
                    f"{decode} | {same} |")
     return "\n".join(out)
 
