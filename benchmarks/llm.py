@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+import results
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m"
 HEAD = ("lm_head",)
@@ -117,16 +119,8 @@ def run_child(method: str, bits: int | None, calib_n: int, out_dir: str) -> dict
 
 
 def merge(path: Path, rows: list[dict]) -> None:
-    """Replace rows with the same (tool, method, num_bits, group_size); atomic write."""
-    key = lambda r: (r.get("tool"), r.get("method"), r.get("num_bits"), r.get("group_size"))  # noqa: E731
-    old = json.loads(path.read_text()) if path.exists() else []
-    new_keys = {key(r) for r in rows}
-    merged = [r for r in old if key(r) not in new_keys] + rows
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(merged, f, indent=1)
-    os.replace(tmp, path)
+    """Rows keyed by (tool, method, num_bits, group_size), the file replaced atomically."""
+    results.merge(path, rows, key=results.LLM_KEY)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import lowbit
+import results  # benchmarks/results.py
 from lowbit.data import calibration_batches, eval_tokens
 from lowbit.doctor import machine
 from lowbit.eval import decode_speed, evaluate_lm, footprint, timed, track_peak_rss
@@ -55,19 +55,6 @@ def recipes(alpha: float) -> dict[str, tuple[object, dict]]:
         "w8a8_static": (StaticW8A8(exclude=HEAD),
                         {"method": "w8a8 static per-tensor (naive)", "num_bits": 8, "group_size": None}),
     }
-
-
-def merge_rows(path: Path, rows: list[dict]) -> None:
-    """Replace rows with the same (method, num_bits, group_size), keep the rest; atomic write."""
-    key = lambda r: (r.get("method"), r.get("num_bits"), r.get("group_size"))  # noqa: E731
-    old = json.loads(path.read_text()) if path.exists() else []
-    new_keys = {key(r) for r in rows}
-    merged = [r for r in old if key(r) not in new_keys] + rows
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(merged, f, indent=1)
-    os.replace(tmp, path)
 
 
 def alpha_sweep(model, tokenizer, alphas: list[float], out: Path) -> float:
@@ -154,17 +141,17 @@ def main() -> None:
                       "kernel": models[name].lowbit_report.quantized[0].kernel,
                       "eval_tokens": args.tokens, "calibration": f"{args.calib} x 512 seed 0"}
         logging.info("%s: quantized in %.1f s, %.3f bpw linears", name, t.seconds, fp.bpw_linears)
-    results = evaluate_lm(models, tokens, reference="fp32")
-    logging.info("fp32 ppl %.3f", results["fp32"].ppl)
+    evals = evaluate_lm(models, tokens, reference="fp32")
+    logging.info("fp32 ppl %.3f", evals["fp32"].ppl)
     for name, row in rows.items():
-        r = results[name]
+        r = evals[name]
         row.update(ppl=r.ppl, kl=r.kl, top1_agreement=r.top1_agreement,
-                   ppl_vs_fp32=r.ppl / results["fp32"].ppl - 1)
+                   ppl_vs_fp32=r.ppl / evals["fp32"].ppl - 1)
         if not args.no_decode:
             row["decode_tok_s"] = decode_speed(models[name], tokenizer).decode_tok_s
         row.update(machine=machine(), lowbit_version=lowbit.__version__, loadavg=os.getloadavg()[0])
         logging.info("%s", {k: v for k, v in row.items() if k != "machine"})
-    merge_rows(Path(args.out), list(rows.values()))
+    results.merge(args.out, list(rows.values()), key=("method", "num_bits", "group_size"))
 
 
 if __name__ == "__main__":

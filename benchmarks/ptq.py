@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 import lowbit  # noqa: E402
+import results  # noqa: E402  (benchmarks/results.py)
 import lowbit.data  # noqa: E402
 import lowbit.nn  # noqa: E402
 from lowbit.eval import cosine_agreement, kl_divergence, top1_agreement  # noqa: E402
@@ -461,16 +462,6 @@ def sensitivity_rows(args, base: dict) -> list[dict]:
     return rows
 
 
-def merge_rows(path: Path, rows: list[dict]) -> None:
-    """Replace rows with the same (model, method, tool), keep the others; atomic write."""
-    key = lambda r: (r.get("model"), r.get("method"), r.get("tool"))  # noqa: E731
-    old = json.loads(path.read_text()) if path.exists() else []
-    new = {key(r) for r in rows}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps([r for r in old if key(r) not in new] + rows, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sets, fewer rounds")
@@ -496,7 +487,7 @@ def main() -> None:
         log.info("%s done in %.0f s", name, time.perf_counter() - start)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    merge_rows(out, rows)
+    results.merge(out, rows)
     log.info("merged %d rows into %s", len(rows), out)
 
 

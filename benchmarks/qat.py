@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 import os
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 import lowbit  # noqa: E402
+import results  # noqa: E402  (benchmarks/results.py)
 import lowbit.data  # noqa: E402
 from fashion_cnn import FashionCNN, ResidualBlock, load_fashion_cnn, test_accuracy, to_input  # noqa: E402
 from lowbit.doctor import machine  # noqa: E402
@@ -286,20 +286,6 @@ def torch_ao_qat(fp32: FashionCNN, batches, schedule: Schedule, n_eval: int, fp3
 
 
 # --- rows -----------------------------------------------------------------------------------
-def merge_rows(path: Path, rows: list[dict]) -> None:
-    """Replace rows with the same (model, method, tool), keep the rest; atomic write."""
-    key = lambda r: (r.get("model"), r.get("method"), r.get("tool"))  # noqa: E731
-    old = json.loads(path.read_text()) if path.exists() else []
-    new_keys = {key(r) for r in rows}
-    merged = [r for r in old if key(r) not in new_keys] + rows
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(merged, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 class Bench:
     """Shared inputs of every run, and the rows so far (merged into ``out`` after each)."""
 
@@ -330,7 +316,7 @@ class Bench:
                    train_steps=train_steps, train_s=round(train_s, 1), notes=notes, **extra)
         self.rows.append(row)
         log.info("%-58s %-18s acc %.4f (%+.2f points)", method, tool, accuracy, row["delta_points"])
-        merge_rows(self.out, [row])
+        results.merge(self.out, [row])
 
     def qat(self, setting: Setting, learn: str | None, kd: bool) -> tuple[nn.Module, float]:
         """QAT of ``setting`` from the folded fp32 weights; returns (model, train seconds)."""

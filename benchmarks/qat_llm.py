@@ -50,7 +50,7 @@ def main() -> None:
     from lowbit.recipes import WeightOnly
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from ptq import merge_rows  # noqa: E402  (rows keyed by model, method, tool)
+    import results  # noqa: E402
 
     teacher, tok = load_model("smollm2-135m")
     teacher.eval()
@@ -103,7 +103,7 @@ def main() -> None:
     ]
     for r in rows:
         log.info("%s", {k: v for k, v in r.items() if k != "machine"})
-    merge_rows(args.out, rows)
+    results.merge(args.out, rows)
 
 
 if __name__ == "__main__":

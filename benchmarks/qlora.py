@@ -14,7 +14,6 @@ model and batch, measured in a child process so one does not inflate the other.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
@@ -82,7 +81,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from ptq import merge_rows  # noqa: E402  (rows keyed by model, method, tool)
+    import results  # noqa: E402
 
     child = subprocess.run([sys.executable, __file__, "--fp32-peak-child", "--seq", str(args.seq),
                             "--batch", str(args.batch)], capture_output=True, text=True)
@@ -136,7 +135,7 @@ def main() -> None:
     ]
     for r in rows:
         log.info("%s", {k: v for k, v in r.items() if k != "machine"})
-    merge_rows(args.out, rows)
+    results.merge(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -317,7 +317,7 @@ def prepare_qat(model: nn.Module, recipe: QAT, data: Iterable | None = None, *,
                              "activation ranges; pass data=[batch, ...]")
         was_training = model.training
         model.eval()
-        quantizers = [m for m in model.modules() if isinstance(m, FakeQuantizer) and m is not None]
+        quantizers = [m for m in model.modules() if isinstance(m, FakeQuantizer)]
         with torch.no_grad():
             for i, batch in enumerate(itertools.islice(data, 8)):
                 model(*batch) if isinstance(batch, (tuple, list)) else model(batch)

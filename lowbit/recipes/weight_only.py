@@ -207,9 +207,9 @@ class DynamicPTQ(Recipe):
     The analogue of PyTorch's ``quantize_dynamic`` on every ``nn.Linear``, with per-channel
     weight scales and activation scales per token and group of ``act_group_size`` inputs
     (default 64, the granularity of DeepSeek-V3's 1x128 activation tiles, halved): an outlier
-    channel then coarsens only its own group. On SmolLM2-135M per-token scales cost +3.95%
-    perplexity, token groups of 64 +0.7% (4096-token subset; results/demo.json for the full
-    protocol). ``act_group_size=None`` gives one scale per token (faster at large batch: no
+    channel then coarsens only its own group. On SmolLM2-135M token groups of 64 cost +0.92%
+    perplexity (results/demo.json); per-token scales cost +3.95% (the same file at commit
+    0a57373). ``act_group_size=None`` gives one scale per token (faster at large batch: no
     per-group rescale). A layer whose input width the group does not divide falls back to per
     token scales, and the report says so.
     """
