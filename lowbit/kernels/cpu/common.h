@@ -80,6 +80,25 @@ inline void store_out(at::BFloat16* p, float v) {
   std::memcpy(p, &b, 2);
 }
 
+// Tile epilogue of the fp32-accumulating GEMV kernels (int4, 2..7-bit, NF4):
+// y[m0 + t, n0 + r] = (sum of acc[r][t]'s 16 lanes) + bias[n0 + r], for R rows and T tokens.
+template <int R, int T, typename xt>
+inline void store_row_sums(__m512 (&acc)[R][T], xt* y, int64_t N, int64_t n0, int64_t m0, const float* bias) {
+  LOWBIT_UNROLL
+  for (int t = 0; t < T; ++t) {
+    xt* out = y + (m0 + t) * N + n0;
+    if constexpr (R == 4) {
+      float s[4];
+      _mm_storeu_ps(s, hsum4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
+      LOWBIT_UNROLL
+      for (int r = 0; r < 4; ++r) store_out(out + r, s[r] + (bias ? bias[n0 + r] : 0.f));
+    } else {
+      LOWBIT_UNROLL
+      for (int r = 0; r < R; ++r) store_out(out + r, _mm512_reduce_add_ps(acc[r][t]) + (bias ? bias[n0 + r] : 0.f));
+    }
+  }
+}
+
 // Row blocks handed to each thread: enough to balance 2+ threads, large enough to amortize.
 inline int64_t grain_for(int64_t blocks) {
   int64_t threads = at::get_num_threads();

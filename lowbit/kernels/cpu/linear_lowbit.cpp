@@ -122,20 +122,7 @@ void lowbit_tile(const LowbitArgs& a, xt* y, int64_t n0, int64_t m0) {
         acc[r][t] = _mm512_fnmadd_ps(c, _mm512_maskz_loadu_ps(mask, a.sx + (m0 + t) * a.G + g), acc[r][t]);
     }
   }
-  LOWBIT_UNROLL
-  for (int t = 0; t < T; ++t) {
-    xt* out = y + (m0 + t) * a.N + n0;
-    if constexpr (R == 4) {
-      float s[4];
-      _mm_storeu_ps(s, hsum4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
-      LOWBIT_UNROLL
-      for (int r = 0; r < 4; ++r) store_out(out + r, s[r] + (a.bias ? a.bias[n0 + r] : 0.f));
-    } else {
-      LOWBIT_UNROLL
-      for (int r = 0; r < R; ++r)
-        store_out(out + r, _mm512_reduce_add_ps(acc[r][t]) + (a.bias ? a.bias[n0 + r] : 0.f));
-    }
-  }
+  store_row_sums<R, T>(acc, y, a.N, n0, m0, a.bias);
 }
 
 template <int R, typename xt>
