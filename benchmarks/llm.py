@@ -58,7 +58,10 @@ def make_recipe(method: str, bits: int | None):
         return r, {"method": method, "num_bits": bits, "group_size": group, "format": r.format.label()}
     fixed = {
         "nf4": (NF4(block_size=64, double_quant=True, exclude=HEAD), "nf4 + double quant", 4, 64),
-        "llm-int8": (LLMInt8(threshold=6.0, exclude=HEAD), "llm.int8 (threshold 6)", 8, None),
+        "llm-int8": (LLMInt8(threshold=6.0, exclude=HEAD), "llm.int8 (threshold 6, activations per token x 64)",
+                     8, None),
+        "llm-int8-token": (LLMInt8(threshold=6.0, act_group_size=None, exclude=HEAD),
+                           "llm.int8 (threshold 6)", 8, None),
         "smoothquant-dynamic": (SmoothQuant(alpha=0.5, activation="dynamic", exclude=HEAD),
                                 "smoothquant w8a8 dynamic per-token (alpha 0.5)", 8, None),
         "smoothquant-static": (SmoothQuant(alpha=0.5, activation="static", exclude=HEAD),

@@ -47,31 +47,47 @@ class LLMInt8Linear(_Int8Linear):
     """LLM.int8() (Dettmers et al., 2022): int8 x int8 for the regular input features, fp32 for
     the feature columns where some |x| > ``threshold`` in this call (decided at run time).
 
-    The int8 part runs ``lowbit.kernels.linear_w8a8_dynamic`` (per-token int8 activations, int32
+    The int8 part runs ``lowbit.kernels.linear_w8a8_dynamic`` (int8 activations, int32
     accumulation) on x with the outlier columns zeroed; the outlier columns meet the dequantized
     int8 weight columns in fp32 (the weight is stored once, int8: 8 bits per weight + scales).
+    ``act_group_size=None`` is the paper's vector-wise scheme (one activation scale per token);
+    an integer gives one scale per token and group of that many inputs (see ``DynamicPTQ``).
     """
 
     activation = "llm_int8"
 
-    def __init__(self, weight: QTensor, bias: torch.Tensor | None = None, threshold: float = 6.0) -> None:
+    def __init__(self, weight: QTensor, bias: torch.Tensor | None = None, threshold: float = 6.0,
+                 act_group_size: int | None = None) -> None:
         super().__init__(weight, bias)
         if not threshold > 0:
             raise ValueError(f"LLMInt8Linear threshold must be > 0, got {threshold}")
+        if act_group_size is not None and (act_group_size <= 0 or self.in_features % act_group_size):
+            raise ValueError(f"LLMInt8Linear act_group_size must divide in_features {self.in_features}, "
+                             f"got {act_group_size}; use None for one activation scale per token")
         self.register_buffer("threshold", torch.tensor(float(threshold)))  # saved with the model
+        # saved too (0 = per token), so a reloaded model quantizes activations the same way
+        self.register_buffer("act_group", torch.tensor(int(act_group_size or 0)))
+
+    @property
+    def act_group_size(self) -> int | None:
+        return int(self.act_group) or None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, threshold: float = 6.0, *, name: str = "linear") -> "LLMInt8Linear":
-        return cls(QTensor.from_float(linear.weight.detach(), INT8, name=name), linear.bias, threshold)
+    def from_float(cls, linear: nn.Linear, threshold: float = 6.0, *, act_group_size: int | None = None,
+                   name: str = "linear") -> "LLMInt8Linear":
+        return cls(QTensor.from_float(linear.weight.detach(), INT8, name=name), linear.bias, threshold,
+                   act_group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (M, K)
         O = outlier_columns(x2, self.threshold)
+        g = self.act_group_size
         if O.numel() == 0:
-            y = kernels.linear_w8a8_dynamic(x2, self.weight.data, self._scale(), self.bias)
+            y = kernels.linear_w8a8_dynamic(x2, self.weight.data, self._scale(), self.bias, act_group_size=g)
         else:
             x_int8, x_fp = decompose(x2, O)  # (M, K), (M, |O|)
-            y = kernels.linear_w8a8_dynamic(x_int8, self.weight.data, self._scale(), self.bias)
+            y = kernels.linear_w8a8_dynamic(x_int8, self.weight.data, self._scale(), self.bias,
+                                            act_group_size=g)
             W_O = self.weight.data.index_select(1, O).float() * self._scale()[:, None]  # (N, |O|)
             y = y + (x_fp.float() @ W_O.T).to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -79,12 +95,14 @@ class LLMInt8Linear(_Int8Linear):
     def kernel(self, x: torch.Tensor | None = None) -> str:
         if x is None:
             x = torch.zeros(1, self.in_features, device=self.weight.data.device)
-        return (f"{kernels.kernel_for('linear_w8a8_dynamic', x)} + fp32 outlier columns "
+        acts = f"activations per token x {self.act_group_size}" if self.act_group_size else "per-token activations"
+        return (f"{kernels.kernel_for('linear_w8a8_dynamic', x)} ({acts}) + fp32 outlier columns "
                 f"(|x| > {float(self.threshold):g})")
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"format={self.weight.format.label()}, threshold={float(self.threshold):g}")
+                f"format={self.weight.format.label()}, threshold={float(self.threshold):g}, "
+                f"act_group_size={self.act_group_size}")
 
 
 class StaticW8A8Linear(_Int8Linear):

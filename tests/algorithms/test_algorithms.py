@@ -69,6 +69,17 @@ def test_hqq_objective_decreases_over_iterations():
     assert qw.zero_point.dtype == torch.bfloat16 and qw.scale.dtype == torch.bfloat16
 
 
+def test_hqq_scale_refit_lowers_the_squared_error_of_the_stored_grid():
+    W = weights(256, 512)
+    def sq_err(qw):
+        return (W - (qw.q.float() - qw.zero_point.float().repeat_interleave(32, 1))
+                * qw.scale.float().repeat_interleave(32, 1)).pow(2).mean().item()
+    plain, refit = hqq(W, ASYM4, refit=False), hqq(W, ASYM4)
+    assert torch.equal(plain.zero_point, refit.zero_point)      # the zero points are HQQ's
+    assert not torch.equal(plain.scale, refit.scale)
+    assert sq_err(refit) < 0.99 * sq_err(plain)
+
+
 def test_awq_scaling_leaves_the_float_function_unchanged():
     X, W = correlated_inputs(), weights()
     H = X.T @ X / X.shape[0]

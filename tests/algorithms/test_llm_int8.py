@@ -65,3 +65,32 @@ def test_recipe_keeps_head_float_and_reports_kernel():
     assert "outlier" in q.lowbit_report.quantized[0].kernel
     with pytest.raises(ValueError, match="threshold"):
         LLMInt8(threshold=0)
+
+
+@pytest.mark.parametrize("M", [1, 5])
+def test_token_group_scales_equal_grouped_reference(M):
+    torch.manual_seed(1)
+    lin = nn.Linear(128, 48)
+    q = LLMInt8Linear.from_float(lin, 6.0, act_group_size=64)
+    x = torch.randn(M, 128)
+    x[:, 70] *= 30  # an outlier in the second group
+    O = torch.tensor([70])
+    x_int8 = x.clone()
+    x_int8[:, O] = 0
+    y_ref = (reference.linear_w8a8_dynamic(x_int8, q.weight.data, q.weight.scale.reshape(-1), lin.bias,
+                                           act_group_size=64)
+             + x[:, O] @ q.weight.dequantize()[:, O].T)
+    torch.testing.assert_close(q(x), y_ref, rtol=1e-5, atol=1e-4)
+    assert q.act_group_size == 64 and "per token x 64" in q.kernel(x)
+
+
+def test_group_fallback_and_bad_group():
+    from lowbit import quantize
+    model = nn.ModuleDict({"a": nn.Linear(128, 16), "b": nn.Linear(96, 16), "lm_head": nn.Linear(16, 4)})
+    q = quantize(model, LLMInt8(act_group_size=64))
+    assert q["a"].act_group_size == 64
+    assert q["b"].act_group_size is None  # 96 is not a multiple of 64: per token
+    with pytest.raises(ValueError, match="multiple of 64"):
+        LLMInt8(act_group_size=48)
+    with pytest.raises(ValueError, match="must divide in_features 96"):
+        LLMInt8Linear.from_float(nn.Linear(96, 8), act_group_size=64)
