@@ -52,13 +52,13 @@ from fashion_cnn import FashionCNN, ResidualBlock, load_fashion_cnn, test_accura
 from lowbit.doctor import machine  # noqa: E402
 from lowbit.fold import fold_model, trace_pairs  # noqa: E402
 from lowbit.nn.swap import set_submodule  # noqa: E402
-from lowbit.qat import (QAT, QATConv2d, QATLinear, distillation_loss, fit,  # noqa: E402
+from lowbit.qat import (QAT, QATConv2d, QATConvBn2d, QATLinear, distillation_loss, fit,  # noqa: E402
                         prepare_qat)
 from lowbit.recipes.static import StaticPTQ  # noqa: E402
 
 log = logging.getLogger("qat")
 MODEL = "fashion-cnn"
-GROUPS = ("control", "w8a8", "w4a4", "w2a8", "torch.ao")
+GROUPS = ("control", "w8a8", "w8a8-bn", "w4a4", "w2a8", "torch.ao")
 EDGE_LAYERS = ("stem.0", "fc")  # the first conv (its input is the image) and the classifier
 
 
@@ -146,7 +146,7 @@ def prepare(model: nn.Module, setting: Setting, learn: str | None, calib: torch.
 def unwrap_qat(model: nn.Module) -> nn.Module:
     """A copy with each QATConv2d/QATLinear replaced by its trained float layer (``.module``)."""
     model = copy.deepcopy(model)
-    names = [n for n, m in model.named_modules() if isinstance(m, (QATConv2d, QATLinear))]
+    names = [n for n, m in model.named_modules() if isinstance(m, (QATConv2d, QATConvBn2d, QATLinear))]
     for name in names:
         set_submodule(model, name, model.get_submodule(name).module)
     return model.eval()
@@ -156,7 +156,7 @@ def formats_of(model: nn.Module) -> dict[str, str]:
     """{layer: "weight format / input format"} as the QAT layers train them."""
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, (QATConv2d, QATLinear)):
+        if isinstance(m, (QATConv2d, QATConvBn2d, QATLinear)):
             acts = m.input_quant.fmt.label() if m.input_quant is not None else "float"
             out[name] = f"{m.weight_quant.stored_fmt.label()} / {acts} (learn={m.weight_quant.learn})"
     return out
@@ -371,6 +371,29 @@ def run_int8(b: Bench, trained: dict) -> None:
               b.schedule.steps, seconds, kernels=kernels, int8_layers=len(int8.lowbit_report.quantized))
 
 
+def run_int8_bn(b: Bench) -> None:
+    """W8A8 QAT from the unfolded fp32 model, BN folding simulated (QATConvBn2d: BatchNorm keeps
+    batch statistics until frozen at 50%, as in torch.ao), then lowbit's real int8 kernels."""
+    for learn in (None, "lsq"):
+        q = prepare_qat(b.fp32, QAT(num_bits=8, act_bits=8, learn=learn), data=[b.calib])
+        seconds = train(q, b.batches, b.schedule, f"QAT W8A8 BN simulated learn={learn}")
+        q.eval()
+        label = "LSQ" if learn == "lsq" else "observers"
+        b.add(f"QAT W8A8 ({label}, BN folding simulated)", "lowbit", 8, 8, test_accuracy(q, b.n_eval),
+              "fake-quant accuracy; prepare_qat(QAT(batchnorm='simulate')) on the unfolded fp32 model: "
+              "each conv's weight fake-quantized after folding BN's running statistics into it, BN "
+              f"on batch statistics until frozen at 50%; learn={learn}; cross-entropy; "
+              f"{b.schedule.describe()}; observers frozen at 80%", b.schedule.steps, seconds,
+              formats=formats_of(q))
+        int8 = lowbit.quantize(unwrap_qat(q), StaticPTQ(observer="minmax"), data=[b.calib])
+        b.add(f"QAT W8A8 ({label}, BN folding simulated) -> real int8 kernels", "lowbit", 8, 8,
+              test_accuracy(int8, b.n_eval),
+              "real int8 kernels: StaticPTQ(observer='minmax') folds the trained BN into the trained "
+              "conv weights and quantizes them, calibrated on the same 512 images",
+              b.schedule.steps, seconds, kernels=sorted({r.kernel for r in int8.lowbit_report.quantized}),
+              int8_layers=len(int8.lowbit_report.quantized))
+
+
 def run_torch_ao(b: Bench) -> None:
     r = torch_ao_qat(b.fp32, b.batches, b.schedule, b.n_eval, b.fp32_acc)
     b.add("QAT W8A8 -> real int8 kernels", f"torch.ao {torch.__version__}", 8, 8, r["accuracy"],
@@ -413,6 +436,8 @@ def main() -> None:
     if "w8a8" in groups:
         trained = run_setting(b, Setting(8, 8), (None, "lsq"), kd=args.kd == "all")
         run_int8(b, trained)
+    if "w8a8-bn" in groups:
+        run_int8_bn(b)
     for bits in ((4, 4), (2, 8)):
         if f"w{bits[0]}a{bits[1]}" in groups:
             for edge in (False, True):

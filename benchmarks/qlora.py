@@ -1,6 +1,6 @@
 """QLoRA on SmolLM2-135M: LoRA adapters trained on a frozen NF4 (+ double quant) base -> results/qat.json.
 
-    python benchmarks/qlora.py [--minutes 20] [--rank 16] [--seq 256] [--batch 4] [--lr 2e-4]
+    python benchmarks/qlora.py [--minutes 20] [--rank 16] [--seq 256] [--batch 4] [--lr 4e-4]
                                [--tokens 32768] [--out results/qat.json]
 
 Training data: random windows of emma + mansfieldpark (lowbit.data.calibration_batches, seed 1);
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=32.0)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--out", type=Path, default=ROOT / "results/qat.json")
     ap.add_argument("--fp32-peak-child", action="store_true", help=argparse.SUPPRESS)

@@ -11,6 +11,12 @@ a moving average of the activation range) or learned:
   ``1 / sqrt(numel * qmax)`` to keep its step comparable to the weights'.
 - LSQ+ (Bhalgat et al. 2020): the zero point (grid offset) is learned too.
 
+A Conv2d followed by a BatchNorm2d trains as :class:`QATConvBn2d` (``QAT(batchnorm="simulate")``,
+the default when the model has BatchNorms and ``data`` is given): the weight is fake-quantized
+*after* folding BN's running statistics into it, as the deployed int8 conv will be, while the
+BatchNorm keeps normalising with batch statistics (and updating its running ones) until
+:func:`freeze_batchnorm` (Jacob et al. 2018, section 3.2; Krishnamoorthi 2018, section 3.2).
+
 ``prepare_qat(model, QAT(...), data)`` returns a trainable copy; ``convert(model)`` returns a
 really quantized one: each QATLinear becomes a :class:`~lowbit.nn.QLinear` whose packed weight is
 exactly the grid the training saw (int8/int4/3/2-bit kernels as in PTQ).
@@ -31,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .formats import QFormat, int_format
 from .nn import QLinear
-from .nn.swap import QuantReport, Skip, swap_modules
+from .nn.swap import QuantReport, Skip, matches, set_submodule, swap_modules
 from .primitives import as_groups, choose_qparams, fixed_zero_point
 from .qtensor import QTensor
 
@@ -229,6 +235,55 @@ class QATConv2d(_QATLayer):
         return F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
 
 
+class QATConvBn2d(_QATLayer):
+    """Conv2d + BatchNorm2d with BN folding simulated: the conv runs on
+    ``fake_quant(W * gamma / sigma_running)`` and its output is divided back by that factor
+    before the BatchNorm (batch statistics while training, running ones once frozen or in
+    eval). In eval mode the output equals the folded conv ``fold_conv_bn(conv, bn)`` with its
+    weight on the fake-quantized grid; ``.module`` is ``Sequential(conv, bn)``."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight_fmt: QFormat,
+                 input_fmt: QFormat | None, learn: str | None, name: str) -> None:
+        if bn.num_features != conv.out_channels or not bn.track_running_stats:
+            raise ValueError(f"{name}: a BatchNorm2d with running statistics over the conv's "
+                             f"{conv.out_channels} channels is needed to simulate folding")
+        nn.Module.__init__(self)
+        self.module = nn.Sequential(conv, bn)
+        self.weight_quant = FakeQuantizer(weight_fmt, learn=learn, name=f"{name}.weight")
+        self.input_quant = (FakeQuantizer(input_fmt, learn=learn, momentum=0.01, name=f"{name} input")
+                            if input_fmt is not None else None)
+        with torch.no_grad():
+            self.weight_quant(self._folded_weight())  # the grid starts on the folded weight
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module[0].weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.module[0].bias
+
+    def _factor(self) -> torch.Tensor:
+        bn = self.module[1]
+        gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
+        return gamma / torch.sqrt(bn.running_var + bn.eps)                       # (C_out,)
+
+    def _folded_weight(self) -> torch.Tensor:
+        return self.module[0].weight * self._factor().reshape(-1, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = self.module
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        factor = self._factor()
+        w = self.weight_quant(conv.weight * factor.reshape(-1, 1, 1, 1))
+        y = F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        y = y / factor.reshape(1, -1, 1, 1)
+        if conv.bias is not None:
+            y = y + conv.bias.reshape(1, -1, 1, 1)
+        return bn(y)
+
+
 @dataclass(frozen=True)
 class QAT:
     """What :func:`prepare_qat` makes trainable.
@@ -240,6 +295,9 @@ class QAT:
             None to leave activations float (weight-only QAT, as for LLMs).
         learn: None (observers), "lsq" (learned scales) or "lsq+" (learned scales and offsets).
         include, exclude: fnmatch patterns on module names (e.g. exclude the output head).
+        batchnorm: "simulate" trains each Conv2d -> BatchNorm2d pair as a :class:`QATConvBn2d`
+            (found by running the first batch of ``data``); "as-is" leaves BatchNorms alone
+            (fold them first with ``lowbit.fold`` if the deployed model has them folded).
     """
 
     num_bits: int = 4
@@ -249,10 +307,13 @@ class QAT:
     learn: str | None = "lsq"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    batchnorm: str = "simulate"
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_bits <= 8:
             raise ValueError(f"QAT.num_bits must be 2..8, got {self.num_bits}")
+        if self.batchnorm not in ("simulate", "as-is"):
+            raise ValueError(f"QAT.batchnorm must be 'simulate' or 'as-is', got {self.batchnorm!r}")
         if self.act_bits is not None and not 2 <= self.act_bits <= 8:
             raise ValueError(f"QAT.act_bits must be None or 2..8, got {self.act_bits}")
         if self.learn not in LEARN:
@@ -293,16 +354,26 @@ def prepare_qat(model: nn.Module, recipe: QAT, data: Iterable | None = None, *,
         raise TypeError(f"prepare_qat needs a lowbit.qat.QAT recipe, got {type(recipe).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
+    conv_bn = _conv_bn_pairs(model, recipe, data)
 
     def build(name: str, module: nn.Module) -> nn.Module:
-        cls = QATConv2d if isinstance(module, nn.Conv2d) else QATLinear
         try:
-            layer = cls(module, recipe.weight_format, recipe.input_format, recipe.learn, name)
+            if name in conv_bn:
+                bn_name = conv_bn[name]
+                layer = QATConvBn2d(module, model.get_submodule(bn_name), recipe.weight_format,
+                                    recipe.input_format, recipe.learn, name)
+                set_submodule(model, bn_name, nn.Identity())  # it now runs inside the pair
+            else:
+                cls = QATConv2d if isinstance(module, nn.Conv2d) else QATLinear
+                layer = cls(module, recipe.weight_format, recipe.input_format, recipe.learn, name)
         except ValueError as err:
             if "does not divide" in str(err):
                 raise Skip(str(err)) from None
             raise
         if init and name in init:
+            if name in conv_bn:
+                raise ValueError(f"prepare_qat: init= for {name}, which trains with its BatchNorm "
+                                 f"{conv_bn[name]} folded; pass QAT(batchnorm='as-is') with init=")
             with torch.no_grad():
                 module.weight.copy_(init[name].dequantize(module.weight.dtype).reshape(module.weight.shape))
             layer.weight_quant.load_grid(init[name])
@@ -328,6 +399,25 @@ def prepare_qat(model: nn.Module, recipe: QAT, data: Iterable | None = None, *,
             q.calibrating = False
         model.train(was_training)
     return model
+
+
+def _conv_bn_pairs(model: nn.Module, recipe: QAT, data) -> dict[str, str]:
+    """{conv: bn} pairs to train as QATConvBn2d (found by one traced run on the first batch)."""
+    if recipe.batchnorm != "simulate" or not any(
+            isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return {}
+    if data is None:
+        raise ValueError("prepare_qat: the model has BatchNorm2d layers; QAT(batchnorm='simulate') "
+                         "needs data=[batch, ...] to find which conv each one follows, or pass "
+                         "QAT(batchnorm='as-is')")
+    from .fold import trace_pairs
+    batch = next(iter(data))
+    was_training = model.training
+    model.eval()
+    pairs, _ = trace_pairs(model, lambda m: m(*batch) if isinstance(batch, (tuple, list)) else m(batch))
+    model.train(was_training)
+    return {c: b for c, b in pairs.items()
+            if matches(c, recipe.include) and not matches(c, recipe.exclude)}
 
 
 def freeze_observers(model: nn.Module) -> None:
@@ -362,7 +452,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         model = copy.deepcopy(model)
 
     def build(name: str, module: _QATLayer) -> nn.Module:
-        if isinstance(module, QATConv2d):
+        if isinstance(module, (QATConv2d, QATConvBn2d)):
             raise Skip("Conv2d QAT keeps its fake quantization (no weight-only conv kernel); "
                        "use StaticPTQ on the trained float weights for int8 conv")
         weight = module.weight_quant.quantized_weight(module.module.weight)
@@ -372,7 +462,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                         "activations run in float", name)
         return q
 
-    report: QuantReport = swap_modules(model, build, types=(QATLinear, QATConv2d),
+    report: QuantReport = swap_modules(model, build, types=(QATLinear, QATConv2d, QATConvBn2d),
                                        recipe="convert QAT")
     model.lowbit_report = report
     return model.eval()

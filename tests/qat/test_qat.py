@@ -152,3 +152,55 @@ def test_frozen_batchnorm_stays_in_eval_and_the_model_still_copies():
     model(torch.randn(2, 1, 5, 5) + 3)
     assert torch.equal(model[1].running_mean, before)
     copy.deepcopy(model)(torch.randn(1, 1, 5, 5))
+
+
+def _conv_bn_relu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 4))
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def test_conv_bn_pair_in_eval_equals_the_folded_conv_on_the_fake_quantized_grid():
+    from lowbit.fold import fold_conv_bn
+    from lowbit.qat import QATConvBn2d
+    model = _conv_bn_relu()
+    x = torch.randn(4, 3, 6, 6)
+    q = prepare_qat(model, QAT(num_bits=4, learn=None), data=[x])
+    assert isinstance(q[0], QATConvBn2d) and isinstance(q[1], nn.Identity)
+    q.eval()
+    folded = fold_conv_bn(q[0].module[0], q[0].module[1])
+    with torch.no_grad():
+        w = q[0].weight_quant(folded.weight)         # the grid the deployed conv will use
+        expected = nn.functional.conv2d(x, w, folded.bias, padding=1)
+        torch.testing.assert_close(q[0](x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_bn_pair_trains_with_batch_statistics_until_frozen():
+    from lowbit.qat import freeze_batchnorm
+    model = _conv_bn_relu()
+    x = torch.randn(16, 3, 6, 6) * 2 + 1
+    q = prepare_qat(model, QAT(num_bits=8, learn="lsq"), data=[x]).train()
+    bn = q[0].module[1]
+    before = bn.running_mean.clone()
+    q(x).sum().backward()
+    assert not torch.equal(bn.running_mean, before)              # batch statistics were used
+    assert bn.weight.grad is not None and q[0].weight.grad is not None
+    freeze_batchnorm(q)
+    frozen = bn.running_mean.clone()
+    q(x)
+    assert torch.equal(bn.running_mean, frozen)
+
+
+def test_conv_bn_simulation_needs_data_or_as_is():
+    with pytest.raises(ValueError, match="batchnorm='as-is'"):
+        prepare_qat(_conv_bn_relu(), QAT(num_bits=8))
+    q = prepare_qat(_conv_bn_relu(), QAT(num_bits=8, batchnorm="as-is"))
+    assert isinstance(q[1], nn.BatchNorm2d)
+    with pytest.raises(ValueError, match="'simulate' or 'as-is'"):
+        QAT(batchnorm="fold")
