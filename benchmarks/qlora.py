@@ -7,9 +7,12 @@ Training data: random windows of emma + mansfieldpark (lowbit.data.calibration_b
 evaluation: Pride and Prejudice under DATA.md's protocol (first --tokens tokens, 512-token
 windows), for fp32, the NF4 model without adapters and the NF4 model with the trained
 adapters (all in lock-step, KL against fp32). The base stays NF4 throughout: its packed bytes
-are compared before and after training. Training memory: the process's peak RSS over the
-QLoRA steps, against the peak of a few steps of full fp32 fine-tuning (AdamW) of the same
-model and batch, measured in a child process so one does not inflate the other.
+are compared before and after training. Training memory: the peak RSS (VmHWM) of a fresh
+child process that loads the model, quantizes it to NF4 in place, adds the adapters and takes
+3 training steps, against a child that takes 3 steps of full fp32 fine-tuning (AdamW) of the
+same model and batch: the same measurement for both, and neither inflated by the other models
+this process holds for evaluation. ``--peaks-only`` measures just those two and updates the
+QLoRA row already in ``--out``.
 """
 from __future__ import annotations
 
@@ -53,6 +56,39 @@ def fp32_training_peak(seq: int, batch: int, steps: int = 3) -> float:
     return peak_rss_mb()
 
 
+def qlora_training_peak(seq: int, batch: int, rank: int, alpha: float, steps: int = 3) -> float:
+    """Peak RSS (MiB) of QLoRA training (NF4 base quantized in place, LoRA, AdamW), in this
+    (fresh) process."""
+    import lowbit
+    from lowbit.data import calibration_batches
+    from lowbit.eval import peak_rss_mb
+    from lowbit.lora import LoRAConfig, add_lora, lora_parameters
+    from lowbit.models import load_model
+    from lowbit.recipes import NF4
+
+    model, tok = load_model(MODEL)
+    model = add_lora(lowbit.quantize(model, NF4(block_size=64, double_quant=True), inplace=True),
+                     LoRAConfig(rank=rank, alpha=alpha))
+    model.train()
+    data = calibration_batches(tok, n=steps * batch, seq_len=seq, seed=1)
+    opt = torch.optim.AdamW(list(lora_parameters(model).values()), lr=1e-4)
+    for i in range(steps):
+        loss = lm_loss(model, data[i * batch:(i + 1) * batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return peak_rss_mb()
+
+
+def child_peak(flag: str, args) -> float | None:
+    child = subprocess.run([sys.executable, __file__, flag, "--seq", str(args.seq), "--batch", str(args.batch),
+                            "--rank", str(args.rank), "--alpha", str(args.alpha)], capture_output=True, text=True)
+    peak = next((float(l.split()[1]) for l in child.stdout.splitlines() if l.startswith("LOWBIT_PEAK")), None)
+    if peak is None:
+        log.error("%s child failed:\n%s", flag, child.stderr[-2000:])
+    return peak
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=20.0, help="training time budget")
@@ -63,12 +99,18 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--out", type=Path, default=ROOT / "results/qat.json")
+    ap.add_argument("--peaks-only", action="store_true",
+                    help="measure the two training peaks only and update the QLoRA row in --out")
     ap.add_argument("--fp32-peak-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--qlora-peak-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if args.fp32_peak_child:
         print("LOWBIT_PEAK", fp32_training_peak(args.seq, args.batch))
+        return
+    if args.qlora_peak_child:
+        print("LOWBIT_PEAK", qlora_training_peak(args.seq, args.batch, args.rank, args.alpha))
         return
 
     import lowbit
@@ -83,10 +125,22 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import results  # noqa: E402
 
-    child = subprocess.run([sys.executable, __file__, "--fp32-peak-child", "--seq", str(args.seq),
-                            "--batch", str(args.batch)], capture_output=True, text=True)
-    fp32_peak = next((float(l.split()[1]) for l in child.stdout.splitlines() if l.startswith("LOWBIT_PEAK")), None)
-    log.info("fp32 full fine-tuning peak RSS: %s MiB", fp32_peak)
+    fp32_peak, qlora_peak = child_peak("--fp32-peak-child", args), child_peak("--qlora-peak-child", args)
+    log.info("training peak RSS (fresh process, 3 steps): fp32 full fine-tuning %s MiB, QLoRA %s MiB",
+             fp32_peak, qlora_peak)
+    peaks = {"train_peak_rss_mb": qlora_peak, "fp32_finetune_peak_rss_mb": fp32_peak,
+             "train_peak_note": "VmHWM of a fresh process: load, NF4 in place (QLoRA) or not (fp32), "
+                                f"3 AdamW steps of {args.batch} x {args.seq} tokens"}
+    if args.peaks_only:
+        import json
+        rows = [r for r in json.loads(args.out.read_text()) if r.get("method", "").startswith("qlora:")]
+        if not rows:
+            raise SystemExit(f"--peaks-only: no QLoRA row in {args.out}; run without it first")
+        for r in rows:
+            r.setdefault("process_rss_peak_during_training_mb", r.pop("train_peak_rss_mb", None))
+            r.update(peaks)
+        results.merge(args.out, rows)
+        return
 
     fp32, tok = load_model(MODEL)
     fp32.eval()
@@ -100,7 +154,7 @@ def main() -> None:
     data = calibration_batches(tok, n=4096, seq_len=args.seq, seed=1)
     model.train()
     losses, step, start = [], 0, time.perf_counter()
-    with track_peak_rss() as rss, tqdm(desc="QLoRA", unit="step", disable=None) as bar:
+    with track_peak_rss() as rss, tqdm(desc="QLoRA", unit="step", disable=None) as bar:  # this process
         while time.perf_counter() - start < budget and (step + 1) * args.batch <= len(data):
             loss = lm_loss(model, data[step * args.batch:(step + 1) * args.batch])
             opt.zero_grad(set_to_none=True)
@@ -129,7 +183,7 @@ def main() -> None:
          "ppl": res["qlora"].ppl, "kl": res["qlora"].kl, "train_steps": step, "train_s": round(train_s, 1),
          "train_tokens": step * args.batch * args.seq, "lr": args.lr, "first_loss": losses[0] if losses else None,
          "last_loss_mean_20": sum(losses[-20:]) / max(1, len(losses[-20:])),
-         "train_peak_rss_mb": rss.peak_mb, "fp32_finetune_peak_rss_mb": fp32_peak,
+         **peaks, "process_rss_peak_during_training_mb": rss.peak_mb,
          "base_weights_unchanged_nf4": base_unchanged, "adapter_bytes": adapter_bytes,
          "trainable_params": sum(p.numel() for p in params)},
     ]
