@@ -38,27 +38,9 @@ def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
 
 
-def fp32_training_peak(seq: int, batch: int, steps: int = 3) -> float:
-    """Peak RSS (MiB) of full fp32 fine-tuning with AdamW, in this (fresh) process."""
-    from lowbit.data import calibration_batches
-    from lowbit.eval import peak_rss_mb
-    from lowbit.models import load_model
-
-    model, tok = load_model(MODEL)
-    model.train()
-    data = calibration_batches(tok, n=steps * batch, seq_len=seq, seed=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    for i in range(steps):
-        loss = lm_loss(model, data[i * batch:(i + 1) * batch])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return peak_rss_mb()
-
-
-def qlora_training_peak(seq: int, batch: int, rank: int, alpha: float, steps: int = 3) -> float:
-    """Peak RSS (MiB) of QLoRA training (NF4 base quantized in place, LoRA, AdamW), in this
-    (fresh) process."""
+def training_peak(seq: int, batch: int, qlora: dict | None, steps: int = 3) -> float:
+    """Peak RSS (MiB) of ``steps`` AdamW steps in this (fresh) process: full fp32 fine-tuning
+    (``qlora=None``), or QLoRA (NF4 base quantized in place, LoRA with ``qlora`` = rank, alpha)."""
     import lowbit
     from lowbit.data import calibration_batches
     from lowbit.eval import peak_rss_mb
@@ -67,11 +49,15 @@ def qlora_training_peak(seq: int, batch: int, rank: int, alpha: float, steps: in
     from lowbit.recipes import NF4
 
     model, tok = load_model(MODEL)
-    model = add_lora(lowbit.quantize(model, NF4(block_size=64, double_quant=True), inplace=True),
-                     LoRAConfig(rank=rank, alpha=alpha))
+    if qlora is None:
+        params, lr = list(model.parameters()), 1e-5
+    else:
+        model = add_lora(lowbit.quantize(model, NF4(block_size=64, double_quant=True), inplace=True),
+                         LoRAConfig(**qlora))
+        params, lr = list(lora_parameters(model).values()), 1e-4
     model.train()
     data = calibration_batches(tok, n=steps * batch, seq_len=seq, seed=1)
-    opt = torch.optim.AdamW(list(lora_parameters(model).values()), lr=1e-4)
+    opt = torch.optim.AdamW(params, lr=lr)
     for i in range(steps):
         loss = lm_loss(model, data[i * batch:(i + 1) * batch])
         opt.zero_grad()
@@ -99,6 +85,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--out", type=Path, default=ROOT / "results/qat.json")
+    ap.add_argument("--peak-repeats", type=int, default=4, help="fresh-process peak measurements of each")
     ap.add_argument("--peaks-only", action="store_true",
                     help="measure the two training peaks only and update the QLoRA row in --out")
     ap.add_argument("--fp32-peak-child", action="store_true", help=argparse.SUPPRESS)
@@ -107,10 +94,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if args.fp32_peak_child:
-        print("LOWBIT_PEAK", fp32_training_peak(args.seq, args.batch))
+        print("LOWBIT_PEAK", training_peak(args.seq, args.batch, None))
         return
     if args.qlora_peak_child:
-        print("LOWBIT_PEAK", qlora_training_peak(args.seq, args.batch, args.rank, args.alpha))
+        print("LOWBIT_PEAK", training_peak(args.seq, args.batch, {"rank": args.rank, "alpha": args.alpha}))
         return
 
     import lowbit
@@ -125,12 +112,16 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import results  # noqa: E402
 
-    fp32_peak, qlora_peak = child_peak("--fp32-peak-child", args), child_peak("--qlora-peak-child", args)
-    log.info("training peak RSS (fresh process, 3 steps): fp32 full fine-tuning %s MiB, QLoRA %s MiB",
-             fp32_peak, qlora_peak)
-    peaks = {"train_peak_rss_mb": qlora_peak, "fp32_finetune_peak_rss_mb": fp32_peak,
-             "train_peak_note": "VmHWM of a fresh process: load, NF4 in place (QLoRA) or not (fp32), "
-                                f"3 AdamW steps of {args.batch} x {args.seq} tokens"}
+    import statistics
+    runs = {"fp32": [], "qlora": []}
+    for _ in range(args.peak_repeats):  # the peak varies from process to process: pairs, medians
+        runs["fp32"].append(child_peak("--fp32-peak-child", args))
+        runs["qlora"].append(child_peak("--qlora-peak-child", args))
+    log.info("training peak RSS (fresh processes, 3 steps): %s", runs)
+    peaks = {"train_peak_rss_mb": statistics.median(runs["qlora"]),
+             "fp32_finetune_peak_rss_mb": statistics.median(runs["fp32"]), "train_peak_runs_mb": runs,
+             "train_peak_note": f"median VmHWM of {args.peak_repeats} fresh processes each: load, NF4 in "
+                                f"place (QLoRA) or not (fp32), 3 AdamW steps of {args.batch} x {args.seq} tokens"}
     if args.peaks_only:
         import json
         rows = [r for r in json.loads(args.out.read_text()) if r.get("method", "").startswith("qlora:")]
