@@ -106,8 +106,8 @@ def main() -> None:
     from lowbit.eval import evaluate_lm, track_peak_rss
     from lowbit.lora import LoRAConfig, add_lora, load_adapters, lora_parameters, save_adapters
     from lowbit.models import load_model
+    from lowbit.qat import fit
     from lowbit.recipes import NF4
-    from tqdm.auto import tqdm
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import results  # noqa: E402
@@ -143,18 +143,11 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     budget = args.minutes * 60
     data = calibration_batches(tok, n=4096, seq_len=args.seq, seed=1)
-    model.train()
-    losses, step, start = [], 0, time.perf_counter()
-    with track_peak_rss() as rss, tqdm(desc="QLoRA", unit="step", disable=None) as bar:  # this process
-        while time.perf_counter() - start < budget and (step + 1) * args.batch <= len(data):
-            loss = lm_loss(model, data[step * args.batch:(step + 1) * args.batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    start = time.perf_counter()
+    with track_peak_rss() as rss:  # this process
+        losses = fit(model, lm_loss, data.split(args.batch)[:len(data) // args.batch], optimizer=opt,
+                     desc="QLoRA", freeze_observers_at=None, freeze_bn_at=None, max_seconds=budget)
+    step = len(losses)
     train_s = time.perf_counter() - start
     model.eval()
     base_unchanged = all(torch.equal(m.base.weight.data, packed_before[n]) for n, m in model.named_modules()

@@ -27,6 +27,7 @@ import copy
 import itertools
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -470,16 +471,20 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
 def fit(model: nn.Module, loss_fn, batches: Iterable, *, optimizer: torch.optim.Optimizer,
         epochs: int = 1, desc: str = "QAT", freeze_observers_at: float | None = 0.8,
-        freeze_bn_at: float | None = 0.5) -> list[float]:
+        freeze_bn_at: float | None = 0.5, max_seconds: float | None = None) -> list[float]:
     """A small training loop: ``loss_fn(model, batch) -> loss`` per batch, with observers and
-    BatchNorm frozen at the given fractions of training. Returns the per-step losses."""
+    BatchNorm frozen at the given fractions of training, stopping early once ``max_seconds``
+    have passed (a time budget). Returns the per-step losses."""
     batches = list(batches)
     total = epochs * len(batches)
     losses, step = [], 0
+    deadline = time.perf_counter() + max_seconds if max_seconds is not None else math.inf
     model.train()
-    bar = tqdm(total=total, desc=desc, unit="step", disable=None)
+    bar = tqdm(total=None if max_seconds is not None else total, desc=desc, unit="step", disable=None)
     for _ in range(epochs):
         for batch in batches:
+            if time.perf_counter() >= deadline:
+                break
             if freeze_observers_at is not None and step == int(freeze_observers_at * total):
                 freeze_observers(model)
             if freeze_bn_at is not None and step == int(freeze_bn_at * total):
@@ -492,6 +497,8 @@ def fit(model: nn.Module, loss_fn, batches: Iterable, *, optimizer: torch.optim.
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if time.perf_counter() >= deadline:
+            break
     bar.close()
     return losses
 

@@ -12,17 +12,15 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._memory import release_freed_memory
 from ..calibration import find_blocks
 from ..nn.swap import LayerReport, QuantReport
-from ..qat import distillation_loss
+from ..qat import distillation_loss, fit
 from .base import Recipe
 
 log = logging.getLogger("lowbit")
@@ -147,39 +145,32 @@ class Distill(Recipe):
         return report
 
     def _train(self, student, teacher, ids, keep, hidden) -> list[float]:
-        student.train()
-        params = [p for p in student.parameters()]
+        params = list(student.parameters())
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
-        n_batches = math.ceil(ids.shape[0] / self.batch_size)
-        total = self.max_steps if self.max_steps else None
-        deadline = time.perf_counter() + self.minutes * 60 if self.minutes else math.inf
-        losses: list[float] = []
-        bar = tqdm(total=total, desc="Distill", unit="step", disable=None)
-        step = 0
-        while (total is None or step < total) and time.perf_counter() < deadline:
-            i = step % n_batches
-            batch = ids[i * self.batch_size:(i + 1) * self.batch_size]
+        batches = list(ids.split(self.batch_size))
+        if self.max_steps:  # the windows in order, cycled to exactly max_steps
+            batches = [batches[i % len(batches)] for i in range(self.max_steps)]
+            epochs = 1
+        else:  # the time budget ends it
+            epochs = math.ceil(1e6 / len(batches))
+
+        def loss_fn(model, batch):
             with torch.no_grad():
                 t_logits, t_hidden = _logits_and_hidden(teacher, batch, hidden)
-            s_logits, s_hidden = _logits_and_hidden(student, batch, hidden)
+            s_logits, s_hidden = _logits_and_hidden(model, batch, hidden)
             pairs = {}
             if hidden:  # hidden_states[0] is the embedding; block j's output is [j + 1]
                 pairs = dict(student_hidden=[s_hidden[j + 1] for j in range(len(keep))],
                              teacher_hidden=[t_hidden[k + 1] for k in keep])
-            loss = distillation_loss(s_logits, t_logits, temperature=self.temperature,
+            return distillation_loss(s_logits, t_logits, temperature=self.temperature,
                                      hidden_weight=self.hidden_weight, **pairs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        bar.close()
-        log.info("lowbit: Distill trained %d steps, KL %.4f -> %.4f", step, losses[0] if losses else math.nan,
-                 losses[-1] if losses else math.nan)
+
+        losses = fit(student, loss_fn, batches, optimizer=torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0),
+                     epochs=epochs, desc="Distill", freeze_observers_at=None, freeze_bn_at=None,
+                     max_seconds=self.minutes * 60 if self.minutes else None)
+        log.info("lowbit: Distill trained %d steps, KL %.4f -> %.4f", len(losses),
+                 losses[0] if losses else math.nan, losses[-1] if losses else math.nan)
         return losses
 
 
