@@ -23,6 +23,7 @@ from ..nn.nf4 import NF4Linear
 from ..nn.swap import matches
 from ..qtensor import QTensor
 from .base import Recipe
+from .weight_only import act_group_for
 
 log = logging.getLogger("lowbit")
 
@@ -120,12 +121,8 @@ class LLMInt8(Recipe):
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         def build(name: str, module: nn.Module) -> nn.Module:
-            group = self.act_group_size
-            if group and module.in_features % group:
-                log.info("lowbit: %s: in_features %d is not a multiple of act_group_size %d; "
-                         "per-token activation scales", name, module.in_features, group)
-                group = None
-            return LLMInt8Linear.from_float(module, self.threshold, act_group_size=group, name=name)
+            return LLMInt8Linear.from_float(module, self.threshold, name=name,
+                                            act_group_size=act_group_for(name, module, self.act_group_size))
 
         return swap_modules(model, build, types=self.types, include=self.include,
                             exclude=self.exclude, recipe=self.describe())

@@ -200,6 +200,15 @@ class WeightOnly(Recipe):
         return results
 
 
+def act_group_for(name: str, module: nn.Module, group: int | None) -> int | None:
+    """``group`` if it divides the layer's input width, else None (per-token scales, logged)."""
+    if group and module.in_features % group:
+        log.info("lowbit: %s: in_features %d is not a multiple of act_group_size %d; "
+                 "per-token activation scales", name, module.in_features, group)
+        return None
+    return group
+
+
 @dataclass(frozen=True)
 class DynamicPTQ(Recipe):
     """W8A8 dynamic: int8 per-channel weights, activations quantized to int8 at run time.
@@ -236,13 +245,9 @@ class DynamicPTQ(Recipe):
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         def build(name: str, module: nn.Module) -> nn.Module:
-            group = self.act_group_size
-            if group and module.in_features % group:
-                log.info("lowbit: %s: in_features %d is not a multiple of act_group_size %d; "
-                         "per-token activation scales", name, module.in_features, group)
-                group = None
             return QLinear.from_float(module, self.format, activation=self.activation,
-                                      act_group_size=group, name=name)
+                                      act_group_size=act_group_for(name, module, self.act_group_size),
+                                      name=name)
 
         return swap_modules(model, build, types=self.types, include=self.include,
                             exclude=self.exclude, recipe=self.describe())
