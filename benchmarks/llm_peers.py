@@ -18,14 +18,16 @@ the fp32 HF folder through transformers' ``BitsAndBytesConfig``, the path bnb su
 tensors each peer really stores for those 210 layers (packed weights, scales, zero points,
 codebooks; each tensor once) over their 106,168,320 weights; ``quantized_linears`` says how many
 of the 210 the peer actually replaced (torchao silently skips shapes its group does not tile).
-A peer that fails gets a row with ``error`` and the run goes on. Rows are merged into ``--out``
+All the quantized peers are then evaluated in ONE lock-step pass with fp32 (fp32's forward
+runs once per window for all of them), so every peer's row comes from the same run. A peer
+that fails to quantize (or to run a first 64-token forward) gets a row with ``error`` and the
+run goes on. Rows are merged into ``--out``
 by (tool, method, num_bits, group_size); other rows are kept.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import logging
 import os
 import sys
@@ -256,35 +258,47 @@ class _Once(logging.Filter):
         return True
 
 
-def run_peer(name, model, tokenizer, tokens, folder, shapes, common, decode: bool) -> dict:
-    from lowbit.eval import decode_speed, evaluate_lm
-
+def quantize_peer(name, model, folder, shapes, common) -> tuple[dict, nn.Module | None]:
+    """(row, quantized model or None): the peer's quantizing call, timed, its storage counted and
+    one 64-token forward checked; a peer that fails gets a row with ``error``."""
     pkg, method, bits, group, runner = PEERS[name]
     row = {**common, "tool": f"{pkg} {pkg_version(pkg)}", "method": method, "num_bits": bits,
            "group_size": group, "peer": name}
-    q = None
     try:
         log.info("%s: quantizing", name)
         q, secs, extra = runner(model, folder)
         row.update(quant_s=secs, **extra, **linear_bpw(q, shapes))
         log.info("%s: quantized in %.1f s, %d/%d linears, %.3f bpw", name, secs,
                  row["quantized_linears"], row["num_linears"], row["bpw_linears"])
-        res = evaluate_lm({"fp32": model, "q": q}, tokens, reference="fp32")
-        r = res["q"]
-        row.update(ppl=r.ppl, kl=r.kl, top1_agreement=r.top1_agreement, fp32_ppl=res["fp32"].ppl,
-                   ppl_vs_fp32=r.ppl / res["fp32"].ppl - 1)
-        if decode:
-            row["decode_tok_s"] = decode_speed(q, tokenizer, repeats=3).decode_tok_s
-        log.info("%s: ppl %.3f kl %.4f top1 %.4f decode %s tok/s", name, row["ppl"], row["kl"],
-                 row["top1_agreement"], row.get("decode_tok_s"))
+        with torch.no_grad():
+            q(input_ids=torch.arange(64)[None] + 1000, use_cache=False)
+        return row, q
     except Exception as e:  # noqa: BLE001  (a failing peer is a row, not the end of the run)
         msg = (str(e).strip().splitlines() or [""])[0]
         row["error"] = f"{type(e).__name__}: {msg}"[:300]
         log.error("%s failed: %s\n%s", name, row["error"], traceback.format_exc())
-    row["loadavg"] = os.getloadavg()[0]
-    del q
-    gc.collect()
-    return row
+        return row, None
+
+
+def evaluate_peers(rows: dict, models: dict, fp32: nn.Module, tokenizer, tokens, decode: bool) -> None:
+    """Every quantized peer in one lock-step pass with fp32 (fp32's forward runs once per window
+    for all of them); then, optionally, each one's batch-1 decode speed."""
+    from lowbit.eval import decode_speed, evaluate_lm
+
+    if models:
+        res = evaluate_lm({"fp32": fp32, **models}, tokens, reference="fp32")
+        for name in models:
+            r = res[name]
+            rows[name].update(ppl=r.ppl, kl=r.kl, top1_agreement=r.top1_agreement,
+                              fp32_ppl=res["fp32"].ppl, ppl_vs_fp32=r.ppl / res["fp32"].ppl - 1,
+                              evaluated_with=sorted(models))
+    for name, q in models.items():
+        if decode:
+            rows[name]["decode_tok_s"] = decode_speed(q, tokenizer, repeats=3).decode_tok_s
+        log.info("%s: ppl %.3f kl %.4f top1 %.4f decode %s tok/s", name, rows[name]["ppl"],
+                 rows[name]["kl"], rows[name]["top1_agreement"], rows[name].get("decode_tok_s"))
+    for row in rows.values():
+        row["loadavg"] = os.getloadavg()[0]
 
 
 def main() -> None:
@@ -317,11 +331,14 @@ def main() -> None:
     common = {"model": MODEL_NAME, "head": "fp32", "eval_tokens": int(tokens.numel()),
               "lowbit_version": lowbit.__version__, "machine": machine(),
               "transformers": pkg_version("transformers")}
-    rows = []
+    by_name, quantized = {}, {}
     for name in names:
-        row = run_peer(name, model, tokenizer, tokens, folder, shapes, common, not args.no_decode)
-        merge(args.out, [row])
-        rows.append(row)
+        by_name[name], q = quantize_peer(name, model, folder, shapes, common)
+        if q is not None:
+            quantized[name] = q
+    evaluate_peers(by_name, quantized, model, tokenizer, tokens, not args.no_decode)
+    rows = list(by_name.values())
+    merge(args.out, rows)
     print(f"\npeers on {MODEL_NAME}, {int(tokens.numel())} eval tokens -> {args.out}")
     print(f"{'peer':14} {'tool':22} {'method':32} {'ppl':>8} {'kl':>7} {'bpw':>6} {'quant s':>8} "
           f"{'tok/s':>6}")
