@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .nn.swap import set_submodule
+from .qtensor import QTensor
 
 ADAPTERS_FILE = "adapters.safetensors"
 CONFIG_FILE = "lora.json"
@@ -72,8 +73,8 @@ class _FrozenBase(torch.autograd.Function):
 
 
 def _dense_weight(base: nn.Module) -> torch.Tensor:
-    w = base.weight
-    return w.dequantize(torch.float32) if hasattr(w, "dequantize") else w.detach().float()
+    w = base.weight  # a QTensor for lowbit's quantized linears, a Parameter for nn.Linear
+    return w.dequantize(torch.float32) if isinstance(w, QTensor) else w.detach().float()
 
 
 class LoRALinear(nn.Module):

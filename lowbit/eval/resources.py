@@ -30,6 +30,21 @@ def peak_rss_mb() -> float:
     return maxrss / MIB if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB else
 
 
+def reset_peak_rss() -> bool:
+    """Restart the peak that :func:`peak_rss_mb` reports from the current resident size.
+
+    Linux: writes 5 to ``/proc/self/clear_refs`` (resets ``VmHWM``), so the peak of one phase
+    (training, after loading and quantizing) can be read apart from the phases before it.
+    Returns False where the kernel offers no such reset (the peak then covers the whole process).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def current_rss_mb() -> float | None:
     """Current resident set size in MiB from ``/proc/self/status`` (None where there is none)."""
     try:

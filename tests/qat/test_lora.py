@@ -52,6 +52,25 @@ def test_gradient_through_the_quantized_base_matches_the_dequantized_float_layer
     assert ((x.grad - x2.grad).norm() / x2.grad.norm()).item() < 2e-2  # the NF4 kernel's bf16 rounding
 
 
+def test_lora_on_a_float_base_gives_the_float_gradients():
+    # nn.Linear's weight is a Parameter: the backward must use it as is (Tensor.dequantize()
+    # exists on plain tensors too and takes no dtype, so a duck-typed check broke this case)
+    float_model = Tiny()
+    model = add_lora(Tiny(), LoRAConfig(rank=4, alpha=8))
+    with torch.no_grad():
+        for p in lora_parameters(model).values():
+            p.normal_(0, 0.05)
+    x = torch.randn(5, 128, requires_grad=True)
+    model.down_proj(model.up_proj(x)).pow(2).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    up, down = model.up_proj, model.down_proj
+    h = float_model.up_proj(x2) + up.scaling * (x2 @ up.lora_A.detach().T @ up.lora_B.detach().T)
+    ref = float_model.down_proj(h) + down.scaling * (h @ down.lora_A.detach().T @ down.lora_B.detach().T)
+    ref.pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    assert down.lora_A.grad is not None and up.lora_B.grad is not None
+
+
 def test_training_lowers_the_loss_and_leaves_the_nf4_base_bit_identical():
     model = qlora_model()
     packed_before = {n: m.base.weight.data.clone() for n, m in model.named_modules() if isinstance(m, LoRALinear)}
