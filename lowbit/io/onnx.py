@@ -8,8 +8,9 @@ Each int8 layer becomes what ONNX Runtime fuses into ``QLinearConv`` / ``QLinear
 
 with exactly the scales and zero points the lowbit model runs with: the input grid is the one
 the kernel saw when the model was profiled (the previous layer's output grid where uint8 flows
-in, the layer's own input range where float flows in); outputs that lowbit writes as fp32 get
-no QuantizeLinear. Ops between layers (padding, pooling, adds) export as float ops.
+in, the layer's own input range where float flows in), the same int32 bias (lowbit snaps its
+bias onto that grid when it profiles); outputs that lowbit writes as fp32 get no
+QuantizeLinear. Ops between layers (padding, pooling, adds) export as float ops.
 
 Uses PyTorch's TorchScript-based exporter (``dynamo=False``), whose ``symbolic`` hook emits the
 Q/DQ nodes. Needs the ``onnx`` package; running the result needs ``onnxruntime``.
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.static import _ACT_FN, STATIC_TYPES, QConv2dStatic, dequantize_u8, quantize_u8
+from ..nn.static import _ACT_FN, STATIC_TYPES, QConv2dStatic, bias_int32, dequantize_u8, quantize_u8
 
 
 class _QDQ(torch.autograd.Function):
@@ -65,10 +66,9 @@ class _ExportView(nn.Module):
             raise ValueError("export_onnx needs a profiled StaticPTQ model: quantize it with "
                              "lowbit.quantize(model, StaticPTQ(...), data=...) first")
         self.layer = layer
-        x_scale, x_zp = layer.input_used
-        bias_scale = (x_scale * layer.w_scale.double()).float()
         bias = layer.bias if layer.bias is not None else torch.zeros(layer.w_int8.shape[0])
-        self.register_buffer("bias_q", torch.round(bias.double() / bias_scale.double()).to(torch.int32))
+        bias_q, bias_scale = bias_int32(bias, layer.input_used[0], layer.w_scale)  # == snapped bias
+        self.register_buffer("bias_q", bias_q)
         self.register_buffer("bias_scale", bias_scale)
         self.register_buffer("zeros_i8", torch.zeros(layer.w_int8.shape[0], dtype=torch.int8))
         self.register_buffer("zeros_i32", torch.zeros(layer.w_int8.shape[0], dtype=torch.int32))
@@ -110,9 +110,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
                 opset: int = 17, dynamic_batch: bool = True, int32_bias: bool = True) -> Path:
     """Write ``model`` (a StaticPTQ model) to ``path`` as a QDQ ONNX graph; returns the path.
 
-    ``int32_bias`` quantizes biases to int32 at scale ``x_scale * w_scale`` (what ONNX Runtime
-    needs to fuse a layer into QLinearConv); False keeps lowbit's fp32 bias, closer to lowbit's
-    numbers but run by ONNX Runtime as a float conv on dequantized values.
+    ``int32_bias`` writes biases as int32 at scale ``x_scale * w_scale`` (what ONNX Runtime
+    needs to fuse a layer into QLinearConv); lowbit's model already runs with its bias rounded
+    onto that grid, so both compute the same sums. False writes the bias as fp32, which ONNX
+    Runtime runs as a float conv on dequantized values.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,9 @@ crossing. The model's outputs are dequantized by a hook on the root module.
 
 After conversion one profiling pass (:func:`profile`) records what each layer actually
 received and who consumed its output; a layer whose output only ever meets float ops writes
-fp32 straight from the kernel instead of uint8 that would be dequantized at once.
+fp32 straight from the kernel instead of uint8 that would be dequantized at once, and each bias
+is rounded onto the int32 grid of the input the layer receives (as in integer inference and
+the ONNX export).
 
 Kernels: ``torch.ops.onednn.qconv2d_pointwise`` / ``qlinear_pointwise`` with u8 activations
 (oneDNN's s8-activation path is a reference kernel), s8 symmetric weights per output channel,
@@ -190,10 +192,11 @@ class _StaticInt8(nn.Module):
         if weight.format.kind != "int" or weight.format.num_bits != 8 or not weight.format.signed:
             raise ValueError(f"static int8 layers need signed 8-bit weights, got {weight.format.label()}")
         self.weight, self.activation = weight, activation
-        w_int8 = weight.int_values().to(torch.int8).reshape(weight.shape)
-        self.register_buffer("w_int8", w_int8)                             # (out, ...) for export
-        self.register_buffer("w_scale", weight.scales().float().reshape(-1).expand(weight.shape[0]).contiguous())
+        self.register_buffer("w_int8", None)                               # (out, ...) for export
+        self.register_buffer("w_scale", None)                              # (out,)
+        self._set_weight(weight, pack=False)  # the subclass packs once its geometry is set
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.bias_fp32 = self.bias  # as calibrated; ``bias`` is snapped by snap_bias()
         self.register_buffer("w_zero_point", torch.zeros(weight.shape[0], dtype=torch.int32))
         self.input_scale, self.input_zero_point = float(input_qparams[0]), int(input_qparams[1])
         self.output_scale, self.output_zero_point = float(output_qparams[0]), int(output_qparams[1])
@@ -203,6 +206,40 @@ class _StaticInt8(nn.Module):
         self.inputs_seen: set[str] = set()   # "int8" and/or "float"
         self.input_used: tuple[float, int] | None = None  # the input grid the kernel saw
         self.post_op, self.post_args = _POST_OPS[activation]
+
+    def _set_weight(self, weight: QTensor, pack: bool = True) -> None:
+        self.weight = weight
+        self.w_int8 = weight.int_values().to(torch.int8).reshape(weight.shape)
+        self.w_scale = weight.scales().float().reshape(-1).expand(weight.shape[0]).contiguous()
+        if pack:
+            self.packed = self._pack()
+
+    def _pack(self):
+        raise NotImplementedError
+
+    def snap_bias(self) -> None:
+        """Round the bias onto the int32 grid of the input grid the kernel sees
+        (:func:`bias_int32`), as integer inference adds it to the accumulator (ONNX Runtime's
+        QLinearConv, TFLite): lowbit's model then computes the same sums as its ONNX export.
+        Moves each bias by at most half a step, ``input scale x weight scale / 2``.
+
+        A channel whose weights are ~0 (dead after BN folding; EfficientNet-Lite0's stem has
+        three, weight scales ~1e-8) would need a bias beyond int32 on that grid: its weight
+        scale is raised until the bias fits in 2^30 steps (headroom for the accumulator). Its
+        weights round to ~0 either way; clamping the bias instead would change the channel.
+        """
+        if self.bias_fp32 is None or self.input_used is None:
+            return
+        x_scale = self.input_used[0]
+        need = (self.bias_fp32.double().abs() / (x_scale * BIAS_STEPS_MAX)).float()   # (out,)
+        if (need > self.w_scale).any():
+            scales = self.weight.scales().float()                    # (out, 1) or (1, 1)
+            need = need.reshape(-1, 1) if scales.shape[0] == need.shape[0] else need.max().reshape(1, 1)
+            scale = torch.maximum(scales, need)
+            self._set_weight(QTensor.from_float(self.weight.dequantize(), self.weight.format,
+                                                scale=scale, zero_point=None))
+        bias_q, bias_scale = bias_int32(self.bias_fp32, x_scale, self.w_scale)
+        self.bias = bias_q.double().mul(bias_scale.double()).float()
 
     def _input(self, x) -> tuple[torch.Tensor, float, int]:
         if isinstance(x, QActivation):
@@ -250,7 +287,10 @@ class QConv2dStatic(_StaticInt8):
         super().__init__(weight, conv.bias, activation, input_qparams, output_qparams)
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
-        self.packed = torch.ops.onednn.qconv_prepack(
+        self.packed = self._pack()
+
+    def _pack(self):
+        return torch.ops.onednn.qconv_prepack(
             self.w_int8, self.w_scale, self.input_scale, self.input_zero_point, self.stride,
             self.padding, self.dilation, self.groups, None)
 
@@ -276,7 +316,10 @@ class QLinearStatic(_StaticInt8):
 
     def __init__(self, linear: nn.Linear, weight: QTensor, activation, input_qparams, output_qparams):
         super().__init__(weight, linear.bias, activation, input_qparams, output_qparams)
-        self.packed = torch.ops.onednn.qlinear_prepack(self.w_int8, None)
+        self.packed = self._pack()
+
+    def _pack(self):
+        return torch.ops.onednn.qlinear_prepack(self.w_int8, None)
 
     def forward(self, x):
         q, x_scale, x_zp = self._input(x)
@@ -293,6 +336,18 @@ class QLinearStatic(_StaticInt8):
 
 
 STATIC_TYPES = (QConv2dStatic, QLinearStatic)
+
+
+BIAS_STEPS_MAX = 2.0 ** 30  # |int32 bias| bound that leaves the accumulator headroom
+
+
+def bias_int32(bias: torch.Tensor, x_scale: float, w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bias`` (out,) as int32 at scale ``x_scale * w_scale`` (per output channel): the
+    integer bias of int8 inference. Returns (int32 values, fp32 scales)."""
+    bias_scale = (x_scale * w_scale.double()).float()                         # (out,)
+    limit = 2.0 ** 31 - 1
+    bias_q = torch.round(bias.double() / bias_scale.double()).clamp_(-limit, limit)
+    return bias_q.to(torch.int32), bias_scale
 
 
 def convert_observed(observed: Observed) -> _StaticInt8:
@@ -315,6 +370,7 @@ def profile(model: nn.Module, run) -> None:
     run(model)
     for m in layers:
         m.output_float = not m.feeds_int8
+        m.snap_bias()
 
 
 def float_crossings(model: nn.Module) -> list[str]:
