@@ -237,7 +237,9 @@ needs_vbmi = pytest.mark.skipif(not cpu.vbmi_status()[0], reason=f"2..7-bit kern
 @needs_vbmi
 @pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
 @pytest.mark.parametrize("M,K,N,group", [(1, 576, 1536, 64), (3, 1536, 576, 64), (5, 256, 33, 32),
-                                         (20, 128, 7, 128), (17, 512, 40, 256)])
+                                         (20, 128, 7, 128), (17, 512, 40, 256),
+                                         # 3/2 bits: a group wider than a block; one not a power of two
+                                         (2, 1024, 12, 512), (4, 384, 9, 96)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lowbit_kernels(bits, M, K, N, group, dtype):
     packed, scale, zero_point, _ = lowbit_weight(N, K, group, bits)
