@@ -1,4 +1,5 @@
 """Algorithms on small synthetic problems, each against a property it must satisfy."""
+import pytest
 import torch
 
 from lowbit import primitives as P
@@ -69,15 +70,30 @@ def test_hqq_objective_decreases_over_iterations():
     assert qw.zero_point.dtype == torch.bfloat16 and qw.scale.dtype == torch.bfloat16
 
 
-def test_hqq_scale_refit_lowers_the_squared_error_of_the_stored_grid():
+def test_hqq_least_squares_refit_lowers_every_groups_squared_error():
     W = weights(256, 512)
-    def sq_err(qw):
-        return (W - (qw.q.float() - qw.zero_point.float().repeat_interleave(32, 1))
-                * qw.scale.float().repeat_interleave(32, 1)).pow(2).mean().item()
-    plain, refit = hqq(W, ASYM4, refit=False), hqq(W, ASYM4)
-    assert torch.equal(plain.zero_point, refit.zero_point)      # the zero points are HQQ's
-    assert not torch.equal(plain.scale, refit.scale)
-    assert sq_err(refit) < 0.99 * sq_err(plain)
+    def sq_err(qw):                                               # per group (256, 16)
+        R = dequant(qw, ASYM4)
+        return (W - R).pow(2).reshape(256, 16, 32).mean(-1)
+    plain, scale_only, refit = hqq(W, ASYM4, refit=0), hqq(W, ASYM4, refit=1), hqq(W, ASYM4)
+    assert torch.equal(plain.zero_point, scale_only.zero_point)  # round 1 refits the scale alone
+    assert not torch.equal(plain.zero_point, refit.zero_point)   # later rounds move Z too
+    errs = [sq_err(qw) for qw in (plain, scale_only, hqq(W, ASYM4, refit=3), refit)]
+    for a, b in zip(errs, errs[1:]):                              # no group ever gets worse
+        assert bool((b <= a).all())
+    assert errs[1].mean() < 0.99 * errs[0].mean() and errs[-1].mean() < errs[1].mean(), \
+        [e.mean().item() for e in errs]
+
+
+def test_hqq_keeps_the_best_stored_zero_point_of_each_group():
+    W = weights(128, 256) * torch.rand(1, 256, generator=torch.Generator().manual_seed(2)) * 3
+    def group_loss(qw):                                           # per group lp loss (128, 8)
+        return (W - dequant(qw, ASYM4)).abs().pow(0.7).reshape(128, 8, 32).mean(-1)
+    rtn_like, fitted = hqq(W, ASYM4, iters=0), hqq(W, ASYM4, refit=0)
+    assert bool((group_loss(fitted) <= group_loss(rtn_like)).all())
+    assert (group_loss(fitted) < group_loss(rtn_like)).float().mean() > 0.25
+    with pytest.raises(ValueError, match="refit"):
+        hqq(W, ASYM4, refit=-1)
 
 
 def test_awq_scaling_leaves_the_float_function_unchanged():
