@@ -1,6 +1,7 @@
 """Classic PTQ benchmark -> results/ptq.json (issue 4).
 
-EfficientNet-Lite0, static int8: lowbit StaticPTQ with every observer, against PyTorch's eager
+EfficientNet-Lite0, static int8: lowbit StaticPTQ (histogram observer; --all-observers adds
+MinMax, Percentile and MSE), against PyTorch's eager
 static PTQ (torch.ao prepare/convert, x86 qconfig, per-channel weights) and ONNX Runtime's
 quantize_static (QDQ, per-channel), all calibrated on the same 256 random crops of the bundled
 photos; top-1 agreement and KL vs fp32 on 1000 other crops and on 1000 Fashion-MNIST test
@@ -360,9 +361,10 @@ def efficientnet_rows(args, base: dict) -> list[dict]:
                     row[key] = ms[who]
                     row[f"latency_vs_fp32_b{batch}"] = round(ms[who] / ms["fp32"], 3)
     dump(args, rows)
-    for observer in EFFNET_OBSERVERS:
-        if observer != args.observer:
-            lowbit_row(observer)
+    if args.all_observers:  # ~2 min each; the Fashion-MNIST CNN shows every observer anyway
+        for observer in EFFNET_OBSERVERS:
+            if observer != args.observer:
+                lowbit_row(observer)
     for row in rows:
         if "latency_ms_b1" in row:
             row["latency_ms"] = {"batch_1": row.get("latency_ms_b1"), "batch_16": row.get("latency_ms_b16")}
@@ -498,6 +500,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sets, fewer rounds")
     parser.add_argument("--only", choices=("efficientnet", "fashion", "minilm", "sensitivity"), action="append")
     parser.add_argument("--observer", default="histogram", help="lowbit observer timed and exported")
+    parser.add_argument("--all-observers", action="store_true",
+                        help="EfficientNet with every observer, not only --observer")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--calib", type=int, default=None, help="EfficientNet calibration crops")
     parser.add_argument("--eval", type=int, default=None, help="EfficientNet eval crops (and as many Fashion-MNIST)")
