@@ -263,13 +263,19 @@ struct BlockArgs {
 template <int BITS, typename xt>
 void prepare_block_x(const xt* x, const BlockArgs& a, bf16_t* xp, float* sx, float* sx128) {
   using B = Block<BITS>;
+  constexpr int kPairs = int(B::kValues / 64);  // vpermt2w reads 64 words: a pair of 32-value vectors
   std::vector<bf16_t> natural(a.Kp, 0);
-  int src[B::kValues];
+  // Word o of vector e = natural word src(o) of the block: word src % 64 of source pair src / 64.
+  alignas(64) uint16_t idx[B::kVectors][32];
+  __mmask32 from_pair[B::kVectors][kPairs] = {};
   alignas(64) float lo_scale[B::kVectors][16], hi_scale[B::kVectors][16];
   for (int e = 0; e < B::kVectors; ++e) {
+    for (int o = 0; o < 32; ++o) {
+      const int src = B::src(e, o / 2, o % 2);
+      idx[e][o] = uint16_t(src % 64);
+      from_pair[e][src / 64] |= __mmask32(1u << o);
+    }
     for (int l = 0; l < 16; ++l) {
-      src[32 * e + 2 * l] = B::src(e, l, 0);
-      src[32 * e + 2 * l + 1] = B::src(e, l, 1);
       lo_scale[e][l] = 1.f / float(1 << B::pos(e, 0));
       hi_scale[e][l] = 1.f / float(1 << B::pos(e, 1));
     }
@@ -289,10 +295,14 @@ void prepare_block_x(const xt* x, const BlockArgs& a, bf16_t* xp, float* sx, flo
     }
     for (int64_t k0 = 0; k0 < a.Kp; k0 += B::kValues) {  // field order, scaled by 2^-pos
       bf16_t* out = xp + m * a.Kp + k0;
-      for (int o = 0; o < B::kValues; ++o) out[o] = natural[k0 + src[o]];
+      __m512i in[2 * kPairs];
+      for (int i = 0; i < 2 * kPairs; ++i) in[i] = _mm512_loadu_si512(natural.data() + k0 + 32 * i);
       __m512 lane_sum = _mm512_setzero_ps();
       for (int e = 0; e < B::kVectors; ++e) {
-        const __m512i v = _mm512_loadu_si512(out + 32 * e);
+        const __m512i ie = _mm512_load_si512(idx[e]);
+        __m512i v = _mm512_setzero_si512();
+        for (int j = 0; j < kPairs; ++j)
+          v = _mm512_mask_blend_epi16(from_pair[e][j], v, _mm512_permutex2var_epi16(in[2 * j], ie, in[2 * j + 1]));
         const __m512 lo = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_load_ps(lo_scale[e]));
         const __m512 hi = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(v, high)), _mm512_load_ps(hi_scale[e]));
         lane_sum = _mm512_add_ps(lane_sum, _mm512_add_ps(lo, hi));
