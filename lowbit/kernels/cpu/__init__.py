@@ -70,7 +70,9 @@ def int4_dense(x, packed, scale, zero_point, group_size, bias=None):
 
 
 def lowbit_gemv(x, packed, scale, zero_point, group_size, bits, bias=None):
-    """2..7-bit group-wise, small M: vpermb/vpsrlvw unpack of 32 values -> bf16, AVX512-BF16 dot."""
+    """2..7-bit group-wise, small M: fields OR-ed into bf16 lanes, AVX512-BF16 dot. 3 and 2 bits with
+    power-of-two groups unpack a whole block per load (128 / 256 values, activations pre-permuted
+    and pre-scaled once per call); other widths unpack 32 values by vpermb + vpsrlvw."""
     return _ext().lowbit_linear(x, packed, scale, zero_point, group_size, bits, _bias32(bias))
 
 
