@@ -4,6 +4,8 @@ under the protocol of shared/DATA.md; rows merged into results/llm.json.
     python benchmarks/llm_extra.py [--tokens 32768] [--calib 128] [--methods nf4,rtn4,...]
                                    [--alphas 0.5,0.6,0.7,0.8] [--no-decode] [--kernels]
 
+    python benchmarks/llm_extra.py --kernels --methods ''   # the NF4 kernel timing alone
+
 Only the decoder linears are quantized: the tied embedding / output head stays fp32 ("head":
 "fp32" in every row). All models are evaluated in one lock-step pass against fp32. Rows with
 the same (method, num_bits, group_size) in results/llm.json are replaced, others kept; the file
@@ -79,7 +81,7 @@ def nf4_kernel_rows(rounds: int = 100) -> list[dict]:
 
     rows = []
     torch.set_num_threads(2)
-    for K, N in [(576, 1536), (1536, 576), (4096, 11008)]:
+    for K, N in [(576, 576), (576, 1536), (1536, 576), (576, 49152), (4096, 11008)]:
         W = torch.randn(N, K) * 0.02
         q = quantize_nf4(W)
         args = (q.data, q.scale.data, q.scale.scale, q.offset, 64)
@@ -99,7 +101,7 @@ def nf4_kernel_rows(rounds: int = 100) -> list[dict]:
         med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
         rows.append({"K": K, "N": N, "M": 1, "threads": 2, "median_us": med,
                      "nf4_speedup_vs_bf16": med["bf16 F.linear"] / med[nf4.kernel_for(x)],
-                     "loadavg": os.getloadavg()[0]})
+                     "loadavg": os.getloadavg()[0], "machine": machine()})
         logging.info("nf4 kernel: %s", rows[-1])
     return rows
 
@@ -119,6 +121,8 @@ def main() -> None:
     if args.kernels:
         Path("results").mkdir(exist_ok=True)
         Path("results/nf4_kernel.json").write_text(json.dumps(nf4_kernel_rows(), indent=1))
+        if not args.methods:
+            return
     model, tokenizer = load_model(MODEL)
     if args.alphas:
         args.alpha = alpha_sweep(model, tokenizer, [float(a) for a in args.alphas.split(",")],
