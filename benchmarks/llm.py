@@ -78,7 +78,7 @@ def make_recipe(method: str, bits: int | None):
 
 def parse_runs(spec: str) -> list[tuple[str, int | None]]:
     runs = []
-    for item in spec.split(","):
+    for item in filter(str.strip, spec.split(",")):  # --runs '' with --fp32-row: the fp32 row alone
         method, _, bits = item.strip().partition(":")
         runs.append((method, int(bits) if bits else None))
     return runs
