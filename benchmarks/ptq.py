@@ -361,7 +361,7 @@ def efficientnet_rows(args, base: dict) -> list[dict]:
                     row[key] = ms[who]
                     row[f"latency_vs_fp32_b{batch}"] = round(ms[who] / ms["fp32"], 3)
     dump(args, rows)
-    if args.all_observers:  # ~2 min each; the Fashion-MNIST CNN shows every observer anyway
+    if args.all_observers:  # the Fashion-MNIST CNN shows every observer side by side anyway
         for observer in EFFNET_OBSERVERS:
             if observer != args.observer:
                 lowbit_row(observer)

@@ -33,6 +33,16 @@ from ..formats import QFormat
 from .rtn import QWeight
 
 
+def _stored(x: torch.Tensor, fmt: QFormat) -> torch.Tensor:
+    """``x`` rounded to the dtype scales and zero points are stored in, back in fp32."""
+    return x.to(fmt.torch_scale_dtype).float()
+
+
+def _grid(Wg: torch.Tensor, S: torch.Tensor, Z: torch.Tensor, fmt: QFormat) -> torch.Tensor:
+    """W_q = clamp(round(W / S + Z)) of the groups ``Wg`` (N, G, g) for S, Z (N, G, 1)."""
+    return torch.round(Wg / S + Z).clamp(fmt.qmin, fmt.qmax)
+
+
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     """Generalised soft-thresholding: the proximal operator of ``|x|^p / beta``."""
     return torch.sign(x) * torch.relu(x.abs() - x.abs().clamp_min(1e-12).pow(p - 1) / beta)
@@ -61,20 +71,14 @@ def hqq(W: torch.Tensor, fmt: QFormat, *, iters: int = 20, p: float = 0.7, beta:
     S = scale.float().unsqueeze(-1)                         # (N, G, 1)
     Z = zero_point.float().unsqueeze(-1)                    # (N, G, 1)
 
-    def stored(x: torch.Tensor) -> torch.Tensor:
-        return x.to(fmt.torch_scale_dtype).float()
-
-    def grid(S: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-        return torch.round(Wg / S + Z).clamp(fmt.qmin, fmt.qmax)
-
     def loss(S: torch.Tensor, Z: torch.Tensor, p: float) -> torch.Tensor:  # per group (N, G, 1)
-        return (Wg - S * (grid(S, Z) - Z)).abs().pow(p).mean(-1, keepdim=True)
+        return (Wg - S * (_grid(Wg, S, Z, fmt) - Z)).abs().pow(p).mean(-1, keepdim=True)
 
     best_Z, best = Z, loss(S, Z, p)
     for _ in range(iters):
-        Wq = grid(S, Z)
+        Wq = _grid(Wg, S, Z, fmt)
         We = shrink_lp(Wg - S * (Wq - Z), beta, p)
-        Z = stored(torch.mean(Wq - (Wg - We) / S, dim=-1, keepdim=True))
+        Z = _stored(torch.mean(Wq - (Wg - We) / S, dim=-1, keepdim=True), fmt)
         beta *= kappa
         current = loss(S, Z, p)
         best_Z, best = torch.where(current < best, Z, best_Z), torch.minimum(current, best)
@@ -91,25 +95,21 @@ def refit_least_squares(Wg: torch.Tensor, S: torch.Tensor, Z: torch.Tensor, fmt:
     grid: round 1 the scale alone for the given zero points, later rounds the line
     ``W ~ a W_q + b`` (S = a, Z = -b / a). Fits are rounded to the stored dtype; a group keeps
     a round only where it lowers its squared error, and a degenerate fit (a <= 0) keeps S, Z."""
-    def stored(x: torch.Tensor) -> torch.Tensor:
-        return x.to(fmt.torch_scale_dtype).float()
-
     def sq_err(S: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-        Wq = torch.round(Wg / S + Z).clamp(fmt.qmin, fmt.qmax)
-        return (Wg - S * (Wq - Z)).pow(2).mean(-1, keepdim=True)
+        return (Wg - S * (_grid(Wg, S, Z, fmt) - Z)).pow(2).mean(-1, keepdim=True)
 
     best_S, best_Z, best = S, Z, sq_err(S, Z)
     for r in range(rounds):
-        Wq = torch.round(Wg / S + Z).clamp(fmt.qmin, fmt.qmax)           # (N, G, g)
+        Wq = _grid(Wg, S, Z, fmt)                                # (N, G, g)
         if r == 0:                                           # the scale for the given Z
             D = Wq - Z
-            a = stored((Wg * D).sum(-1, keepdim=True) / (D * D).sum(-1, keepdim=True).clamp_min(1e-12))
+            a = _stored((Wg * D).sum(-1, keepdim=True) / (D * D).sum(-1, keepdim=True).clamp_min(1e-12), fmt)
             Z_new = Z
         else:                                                # the line W ~ a W_q + b
             Dq, Dw = Wq - Wq.mean(-1, keepdim=True), Wg - Wg.mean(-1, keepdim=True)
-            a = stored((Dq * Dw).sum(-1, keepdim=True) / (Dq * Dq).sum(-1, keepdim=True).clamp_min(1e-12))
+            a = _stored((Dq * Dw).sum(-1, keepdim=True) / (Dq * Dq).sum(-1, keepdim=True).clamp_min(1e-12), fmt)
             b = Wg.mean(-1, keepdim=True) - a * Wq.mean(-1, keepdim=True)
-            Z_new = stored(-b / a.clamp_min(torch.finfo(torch.float32).tiny))
+            Z_new = _stored(-b / a.clamp_min(torch.finfo(torch.float32).tiny), fmt)
         ok = a > 0                                           # a constant group keeps its S, Z
         S, Z = torch.where(ok, a, S), torch.where(ok, Z_new, Z)
         current = sq_err(S, Z)

@@ -191,7 +191,7 @@ class _StaticInt8(nn.Module):
         super().__init__()
         if weight.format.kind != "int" or weight.format.num_bits != 8 or not weight.format.signed:
             raise ValueError(f"static int8 layers need signed 8-bit weights, got {weight.format.label()}")
-        self.weight, self.activation = weight, activation
+        self.activation = activation
         self.register_buffer("w_int8", None)                               # (out, ...) for export
         self.register_buffer("w_scale", None)                              # (out,)
         self._set_weight(weight, pack=False)  # the subclass packs once its geometry is set
