@@ -51,6 +51,13 @@ def load(verbose: bool = False):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from lowbit.kernels.cpu import missing_cpu_flags
+
+    missing = missing_cpu_flags()
+    if missing:  # importing an AVX-512 build here would die with SIGILL
+        print(f"lowbit.kernels.build: skipped, this CPU lacks {', '.join(missing)}; every op runs "
+              f"its pure-PyTorch reference path (slow)", file=sys.stderr)
+        return 0
     try:
         module = load(verbose="-v" in argv or "--verbose" in argv)
     except Exception as error:  # report, never crash the caller's build with a traceback
