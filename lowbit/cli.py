@@ -41,7 +41,7 @@ def make_recipe(args):
     if args.recipe == "llm-int8":
         return recipes.LLMInt8(threshold=args.threshold, exclude=head)
     if args.recipe == "smoothquant":
-        return recipes.SmoothQuant(alpha=args.alpha, activation="dynamic", exclude=head)
+        return recipes.SmoothQuant(alpha=args.alpha, act_mode="dynamic", exclude=head)
     return recipes.WeightOnly(num_bits=args.bits, group_size=args.group_size, method=args.recipe,
                               symmetric=False if args.recipe == "hqq" else None,
                               exclude=exclude, embeddings=args.embeddings)

@@ -23,7 +23,9 @@ def recipe_fields(recipe: Recipe | None) -> dict:
     """``num_bits`` and ``group_size`` of a recipe's weights, for result rows."""
     if recipe is None:
         return {"num_bits": 32, "group_size": None}
-    fmt = recipe.format
+    fmt = recipe.weight_format
+    if fmt is None:
+        return {"num_bits": None, "group_size": None}
     return {"num_bits": fmt.num_bits, "group_size": fmt.group_size}
 
 

@@ -7,9 +7,6 @@ import torch
 from torch import nn
 
 from . import kernels
-from .formats import bits_per_weight
-from .nn.qlinear import kernel_op
-from .nn.swap import matches
 
 _FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2", "fma")
 
@@ -36,49 +33,6 @@ def kernel_table() -> str:
     return "\n".join(lines)
 
 
-def layer_kernel(fmt, activation, x: torch.Tensor) -> str:
-    """The kernel a Linear quantized to ``fmt`` (with ``activation`` mode) runs for ``x``."""
-    if fmt.name == "nf4":
-        from .kernels import nf4
-
-        return nf4.kernel_for(x, fmt.group_size)
-    if activation == "llm_int8":
-        return kernels.kernel_for("linear_w8a8_dynamic", x) + " + fp32 outlier columns"
-    if activation in ("int8_static", "static"):
-        return "torch._int_mm (int8 x int8), static per-tensor activation scale"
-    activation = "int8_dynamic" if activation == "dynamic" else activation
-    return kernels.kernel_for(kernel_op(fmt, activation), x)
-
-
-def plan_rows(model: nn.Module, recipe) -> list[dict]:
-    """One row per candidate layer: the format it would get, its kernel, its memory."""
-    rows = []
-    fmt, activation = recipe.format, recipe.activation
-    for name, module in model.named_modules():
-        if not name or not isinstance(module, recipe.types):
-            continue
-        weight = module.weight
-        fp32_mb = weight.numel() * 4 / 2**20
-        row = {"layer": name, "type": type(module).__name__, "shape": tuple(weight.shape),
-               "fp32_mb": fp32_mb}
-        if not matches(name, recipe.include) or matches(name, recipe.exclude):
-            rows.append({**row, "format": "float (excluded)", "kernel": "-", "mb": fp32_mb})
-            continue
-        cols = weight.shape[1] if weight.dim() > 1 else 1
-        if fmt.group_size and cols % fmt.group_size:
-            rows.append({**row, "format": f"ERROR: group_size {fmt.group_size} does not divide "
-                         f"{cols}", "kernel": "-", "mb": fp32_mb})
-            continue
-        if isinstance(module, nn.Embedding):
-            kernel = "gather + dequantize (pure PyTorch)"
-        else:
-            kernel = layer_kernel(fmt, activation, torch.zeros(1, cols))
-        bpw = bits_per_weight(fmt, weight.numel(), weight.shape[0])
-        rows.append({**row, "format": fmt.label(), "kernel": kernel,
-                     "mb": weight.numel() * bpw / 8 / 2**20})
-    return rows
-
-
 def diagnose(model: nn.Module, recipe=None) -> str:
     """A Markdown report: machine, kernels, and (with a recipe) the per-layer plan."""
     m = machine()
@@ -90,17 +44,12 @@ def diagnose(model: nn.Module, recipe=None) -> str:
     if recipe is None:
         out.append("(give --recipe to see what each layer would become)")
         return "\n".join(out)
-    rows = plan_rows(model, recipe)
-    out += ["", f"plan for {recipe.describe()}:", "",
-            "| layer | type | shape | format | kernel | MB (fp32 -> quantized) |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['layer']} | {r['type']} | {r['shape']} | {r['format']} | {r['kernel']} | "
-                   f"{r['fp32_mb']:.2f} -> {r['mb']:.2f} |")
-    errors = [r for r in rows if r["format"].startswith("ERROR")]
-    total_fp, total_q = sum(r["fp32_mb"] for r in rows), sum(r["mb"] for r in rows)
-    out += ["", f"these layers: {total_fp:.1f} MB fp32 -> {total_q:.1f} MB; "
-            f"{len(errors)} layer(s) would fail"]
-    if errors:
+    plan = recipe.plan(model)
+    out += ["", plan.table()]
+    if plan.by_status("error"):
         out.append("fix: choose a group size that divides those layers, exclude them, or pass "
                    "skip_ragged=True to leave them float")
+    if plan.reference_layers:
+        out.append(f"note: {len(plan.reference_layers)} layer(s) would run a pure-PyTorch reference "
+                   f"kernel (slow)")
     return "\n".join(out)

@@ -20,7 +20,6 @@ import fnmatch
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,6 +55,11 @@ class LoRAConfig:
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoRAConfig":
+        """The inverse of ``dataclasses.asdict`` (JSON lists back to tuples); unknown keys raise."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
 
 class _FrozenBase(torch.autograd.Function):
     """y = base(x) on its kernel; dL/dx = dL/dy W with W dequantized just for this backward."""
@@ -83,6 +87,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Module, config: LoRAConfig) -> None:
         super().__init__()
         self.base = base
+        self.config = config
         for p in base.parameters():
             p.requires_grad_(False)
         self.in_features, self.out_features = base.in_features, base.out_features
@@ -97,6 +102,9 @@ class LoRALinear(nn.Module):
         y = _FrozenBase.apply(x, self.base) if torch.is_grad_enabled() and x.requires_grad else self.base(x)
         h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
         return y + (F.linear(h, self.lora_B) * self.scaling).to(y.dtype)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
 
     def merged_weight(self) -> torch.Tensor:
         """The float weight W + (alpha / rank) B A."""
@@ -142,15 +150,13 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
     tensors = {n: p.detach().contiguous() for n, p in lora_parameters(model).items()}
     if config is None or not tensors:
         raise ValueError("save_adapters: the model has no LoRA adapters (call lowbit.lora.add_lora first)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    save_file(tensors, str(tmp / ADAPTERS_FILE))
-    (tmp / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1))
-    if path.exists():
-        import shutil
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    return path
+    from .io.checkpoint import write_folder
+
+    def write(folder: Path) -> None:
+        save_file(tensors, str(folder / ADAPTERS_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1))
+
+    return write_folder(path, write, marker=CONFIG_FILE)
 
 
 def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -160,7 +166,9 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise FileNotFoundError(f"{path} holds no LoRA adapters ({CONFIG_FILE} missing; write them "
                                 f"with lowbit.lora.save_adapters)")
     raw = json.loads((path / CONFIG_FILE).read_text())
-    config = LoRAConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path / CONFIG_FILE} must hold a JSON object, got {type(raw).__name__}")
+    config = LoRAConfig.from_dict(raw)
     if getattr(model, "lowbit_lora", None) is None:
         add_lora(model, config)
     tensors = load_file(str(path / ADAPTERS_FILE))

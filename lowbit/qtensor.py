@@ -138,6 +138,31 @@ class QTensor:
         return cls(tensors[prefix + "data"], scale, tensors.get(prefix + "zero_point"), fmt,
                    torch.Size(desc["shape"]), tensors.get(prefix + "offset"))
 
+    def validate(self, name: str = "weight") -> None:
+        """Check every stored tensor against the format and logical shape (layout, dtype, value
+        range) before anything runs on it; raises ValueError naming the tensor and the fix."""
+        expected = QTensor.from_float(torch.zeros(self.shape, device="meta"), self.format)
+        want = {k: (tuple(t.shape), t.dtype) for k, t in expected.tensors().items()}
+        got = {k: (tuple(t.shape), t.dtype) for k, t in self.tensors().items()}
+        for key in sorted(set(want) | set(got)):
+            if want.get(key) != got.get(key):
+                w = "absent" if key not in want else f"{list(want[key][0])} {want[key][1]}"
+                g = "absent" if key not in got else f"{list(got[key][0])} {got[key][1]}"
+                raise ValueError(f"{name}.{key}: a {self.format.label()} tensor of shape "
+                                 f"{list(self.shape)} stores {w} here, got {g}; the checkpoint "
+                                 f"does not match its description, re-save it")
+        for key, t in self.tensors().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t.float()).all()):
+                raise ValueError(f"{name}.{key} holds NaN or inf values; the checkpoint is damaged")
+        fmt = self.format
+        if self.zero_point is not None:
+            z = self.zero_point.float()
+            if bool(((z < fmt.qmin) | (z > fmt.qmax)).any()):
+                raise ValueError(f"{name}.zero_point has values outside {fmt.label()}'s grid "
+                                 f"[{fmt.qmin}, {fmt.qmax}]; the checkpoint is damaged")
+        if not isinstance(self.scale, QTensor) and bool((self.scale.float() < 0).any()):
+            raise ValueError(f"{name}.scale has negative values; the checkpoint is damaged")
+
     def to(self, device) -> "QTensor":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         scale = self.scale.to(device) if isinstance(self.scale, QTensor) else mv(self.scale)

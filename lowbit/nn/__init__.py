@@ -1,6 +1,8 @@
-"""Quantized modules and the model walk that swaps them in."""
+"""Quantized modules (one base, :class:`QModule`) and the model walk that swaps them in."""
+from .base import LAYER_TYPES, QModule, register_layer
 from .qembedding import QEmbedding
 from .qlinear import QLinear, kernel_op
-from .swap import LayerReport, QuantReport, Skip, swap_modules
+from .swap import LayerReport, QuantReport, Skip, swap_modules, walk
 
-__all__ = ["QEmbedding", "QLinear", "kernel_op", "LayerReport", "QuantReport", "Skip", "swap_modules"]
+__all__ = ["LAYER_TYPES", "QModule", "register_layer", "QEmbedding", "QLinear", "kernel_op",
+           "LayerReport", "QuantReport", "Skip", "swap_modules", "walk"]

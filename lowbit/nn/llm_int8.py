@@ -8,7 +8,7 @@ from .. import kernels
 from ..algorithms.llm_int8 import decompose, outlier_columns
 from ..formats import INT8
 from ..qtensor import QTensor
-from .qlinear import _apply_qtensor
+from .base import QModule, register_layer
 
 
 def _check_int8_weight(cls: str, weight: QTensor) -> None:
@@ -19,7 +19,7 @@ def _check_int8_weight(cls: str, weight: QTensor) -> None:
                          f"INT8), got {fmt.label()} of shape {tuple(weight.shape)}")
 
 
-class _Int8Linear(nn.Module):
+class _Int8Linear(QModule):
     """Shared parts: int8 per-channel ``weight`` QTensor, fp32 bias, footprint, ``.to``."""
 
     def __init__(self, weight: QTensor, bias: torch.Tensor | None) -> None:
@@ -32,17 +32,12 @@ class _Int8Linear(nn.Module):
     def _scale(self) -> torch.Tensor:
         return self.weight.scale.reshape(-1)  # (N,) fp32
 
-    def lowbit_footprint(self) -> tuple[int, int]:
-        """(bytes held, logical weights): packed int8 weight + scales + bias + buffers."""
-        extra = sum(t.numel() * t.element_size() for t in (*self.parameters(), *self.buffers()))
-        return self.weight.nbytes + extra, self.weight.numel
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self.weight = _apply_qtensor(self.weight, fn)
-        return self
+    @classmethod
+    def from_config(cls, weight: QTensor, config: dict, bias: torch.Tensor | None) -> "_Int8Linear":
+        return cls(weight, bias)  # run-time constants are buffers: they come with the state dict
 
 
+@register_layer
 class LLMInt8Linear(_Int8Linear):
     """LLM.int8() (Dettmers et al., 2022): int8 x int8 for the regular input features, fp32 for
     the feature columns where some |x| > ``threshold`` in this call (decided at run time).
@@ -95,9 +90,12 @@ class LLMInt8Linear(_Int8Linear):
     def kernel(self, x: torch.Tensor | None = None) -> str:
         if x is None:
             x = torch.zeros(1, self.in_features, device=self.weight.data.device)
-        acts = f"activations per token x {self.act_group_size}" if self.act_group_size else "per-token activations"
-        return (f"{kernels.kernel_for('linear_w8a8_dynamic', x)} ({acts}) + fp32 outlier columns "
-                f"(|x| > {float(self.threshold):g})")
+        return f"{kernels.kernel_for('linear_w8a8_dynamic', x)} + fp32 outlier columns"
+
+    @classmethod
+    def planned_kernel(cls, fmt, activation, in_features: int, device: str = "cpu") -> str:
+        x = torch.zeros(1, in_features, device=device)
+        return f"{kernels.kernel_for('linear_w8a8_dynamic', x)} + fp32 outlier columns"
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -105,6 +103,7 @@ class LLMInt8Linear(_Int8Linear):
                 f"act_group_size={self.act_group_size}")
 
 
+@register_layer
 class StaticW8A8Linear(_Int8Linear):
     """W8A8 with a STATIC per-tensor activation scale (calibrated), int8 per-channel weights:
 
@@ -134,7 +133,11 @@ class StaticW8A8Linear(_Int8Linear):
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def kernel(self, x: torch.Tensor | None = None) -> str:
-        return "torch._int_mm (int8 x int8 -> int32), static per-tensor activation scale"
+        return self.planned_kernel(self.weight.format, self.activation, self.in_features)
+
+    @classmethod
+    def planned_kernel(cls, fmt, activation, in_features: int, device: str = "cpu") -> str:
+        return "torch._int_mm (int8 x int8 -> int32)"
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

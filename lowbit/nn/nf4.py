@@ -5,9 +5,11 @@ import torch
 
 from ..kernels import nf4 as nf4_kernels
 from ..qtensor import QTensor
+from .base import register_layer
 from .qlinear import QLinear
 
 
+@register_layer
 class NF4Linear(QLinear):
     """``y = x W^T + b`` with W in NF4 + double quantization (QLoRA), run by
     ``lowbit.kernels.nf4.linear_nf4`` (AVX-512 table look-up fused with the dot product).
@@ -26,6 +28,10 @@ class NF4Linear(QLinear):
         if fmt.double_quant:
             self.op = "linear_nf4"
 
+    @classmethod
+    def from_config(cls, weight: QTensor, config: dict, bias: torch.Tensor | None) -> "NF4Linear":
+        return cls(weight, bias, config.get("activation"))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.op != "linear_nf4":
             return super().forward(x)
@@ -39,3 +45,9 @@ class NF4Linear(QLinear):
         if x is None:
             x = torch.zeros(1, self.in_features, device=self.weight.data.device)
         return nf4_kernels.kernel_for(x, self.weight.format.group_size)
+
+    @classmethod
+    def planned_kernel(cls, fmt, activation, in_features: int, device: str = "cpu") -> str:
+        if not fmt.double_quant:
+            return super().planned_kernel(fmt, activation, in_features, device)
+        return nf4_kernels.kernel_for(torch.zeros(1, in_features, device=device), fmt.group_size)

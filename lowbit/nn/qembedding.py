@@ -6,10 +6,11 @@ from torch import nn
 
 from ..formats import QFormat
 from ..qtensor import QTensor
-from .qlinear import _apply_qtensor
+from .base import QModule, register_layer
 
 
-class QEmbedding(nn.Module):
+@register_layer
+class QEmbedding(QModule):
     """``nn.Embedding`` with a quantized ``[num_embeddings, embedding_dim]`` table.
 
     Scales run along each row (per channel, or per group of ``group_size`` elements of a row),
@@ -47,15 +48,18 @@ class QEmbedding(nn.Module):
         return rows.dequantize(torch.float32).reshape(*ids.shape, self.embedding_dim)
 
     def kernel(self, x: torch.Tensor | None = None) -> str:
+        return self.planned_kernel(self.weight.format)
+
+    @staticmethod
+    def planned_kernel(fmt: QFormat) -> str:
         return "gather + dequantize (pure PyTorch)"
 
-    def lowbit_footprint(self) -> tuple[int, int]:
-        return self.weight.nbytes, self.weight.numel
+    def config(self) -> dict:
+        return {"padding_idx": self.padding_idx}
 
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self.weight = _apply_qtensor(self.weight, fn)
-        return self
+    @classmethod
+    def from_config(cls, weight: QTensor, config: dict, bias=None) -> "QEmbedding":
+        return cls(weight, config.get("padding_idx"))
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, format={self.weight.format.label()}"

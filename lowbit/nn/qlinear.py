@@ -8,6 +8,7 @@ from .. import kernels
 from ..kernels import checks
 from ..formats import QFormat
 from ..qtensor import QTensor
+from .base import QModule, register_layer
 
 ACTIVATIONS = (None, "int8_dynamic")
 
@@ -36,7 +37,8 @@ def kernel_op(fmt: QFormat, activation: str | None) -> str:
     return "linear_dequant"
 
 
-class QLinear(nn.Module):
+@register_layer
+class QLinear(QModule):
     """``y = x W^T + b`` with W stored as a :class:`QTensor` (packed), run by a real kernel.
 
     Formats with no fast kernel (symmetric 2/3-bit, fp8, ...) run ``linear_dequant``: the weight is
@@ -92,29 +94,21 @@ class QLinear(nn.Module):
             x = torch.zeros(1, self.in_features, device=self.weight.data.device)
         return kernels.kernel_for(self.op, x)
 
-    def lowbit_footprint(self) -> tuple[int, int]:
-        """(bytes held, logical weights) — the weight's packed storage plus the bias."""
-        bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
-        return self.weight.nbytes + bias, self.weight.numel
+    @classmethod
+    def planned_kernel(cls, fmt: QFormat, activation: str | None, in_features: int,
+                       device: str = "cpu") -> str:
+        """The kernel a layer of this class with ``fmt`` would run for one token (for plans)."""
+        return kernels.kernel_for(kernel_op(fmt, activation), torch.zeros(1, in_features, device=device))
 
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self.weight = _apply_qtensor(self.weight, fn)
-        return self
+    def config(self) -> dict:
+        return {"activation": self.activation, "act_group_size": self.act_group_size}
+
+    @classmethod
+    def from_config(cls, weight: QTensor, config: dict, bias: torch.Tensor | None) -> "QLinear":
+        return cls(weight, bias, config.get("activation"), config.get("act_group_size"))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"format={self.weight.format.label()}, op={self.op}"
                 + (f", activation={self.activation}" if self.activation else "")
                 + (f", act_group_size={self.act_group_size}" if self.act_group_size else ""))
-
-
-def _apply_qtensor(q: QTensor, fn) -> QTensor:
-    """Apply a module ``_apply`` fn (``.to``, ``.cuda``) to the storage, never casting it."""
-    def move(t):
-        if t is None:
-            return None
-        moved = fn(t)
-        return moved if moved.dtype == t.dtype else t.to(moved.device)  # never cast storage
-    scale = _apply_qtensor(q.scale, fn) if isinstance(q.scale, QTensor) else move(q.scale)
-    return QTensor(move(q.data), scale, move(q.zero_point), q.format, q.shape, move(q.offset))

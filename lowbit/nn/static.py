@@ -23,138 +23,33 @@ kernel.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..formats import QFormat
 from ..observers import UINT8_TENSOR, Observer
 from ..qtensor import QTensor
+from .base import QModule, register_layer
+from .qactivation import QActivation, _dequantize_tree, dequantize_outputs, dequantize_u8, quantize_u8  # noqa: F401
 
 KERNELS = {"conv": "onednn.qconv2d_pointwise", "linear": "onednn.qlinear_pointwise"}
 _POST_OPS = {None: ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}
 _ACT_FN = {None: lambda y: y, "relu": F.relu, "relu6": F.relu6}
+UINT7_TENSOR = UINT8_TENSOR.replace(num_bits=7)
 
 
-# --- activations on the uint8 grid ------------------------------------------------------
-def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """uint8 ``clamp(round(x / scale) + zero_point, 0, 255)``, channels-last for 4-D ``x``."""
-    if x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    q = torch.round(x * (1.0 / scale)).add_(zero_point).clamp_(0, 255)
-    return q.to(torch.uint8)
+def activation_format() -> QFormat:
+    """The activation grid of static int8 layers on this CPU: uint8, or uint7 (0..127) on x86
+    without VNNI, whose u8 x s8 instruction (vpmaddubsw) saturates int16 pair sums above 32767
+    (oneDNN and ONNX Runtime then compute wrong sums; PyTorch's ``reduce_range`` for the same
+    reason). 127 * 128 * 2 < 32768, so 7-bit activations are exact there."""
+    from ..kernels.cpu import missing_cpu_flags
 
-
-def dequantize_u8(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    return q.to(torch.float32).sub_(zero_point).mul_(scale)
-
-
-class QActivation:
-    """A uint8 activation between quantized layers: ``real = scale * (q - zero_point)``.
-
-    Not a ``torch.Tensor``: ops it cannot run exactly on the grid see it dequantized
-    (``__torch_function__``), and the producing layer is told so (``feeds_float``).
-    """
-
-    __slots__ = ("q", "scale", "zero_point", "producer", "activation")
-
-    def __init__(self, q, scale: float, zero_point: int, producer=None, activation=None):
-        self.q, self.scale, self.zero_point = q, scale, zero_point
-        self.producer, self.activation = producer, activation
-
-    shape = property(lambda self: self.q.shape)
-    device = property(lambda self: self.q.device)
-    dtype = torch.float32  # what it stands for
-
-    def dim(self) -> int:
-        return self.q.dim()
-
-    def size(self, d=None):
-        return self.q.size() if d is None else self.q.size(d)
-
-    def dequantize(self) -> torch.Tensor:
-        if self.producer is not None:
-            self.producer.feeds_float = True
-        return dequantize_u8(self.q, self.scale, self.zero_point)
-
-    def _like(self, q) -> "QActivation":
-        return QActivation(q, self.scale, self.zero_point, self.producer, self.activation)
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        x = args[0] if args else None
-        if isinstance(x, QActivation):
-            exact = _on_grid(func, x, args[1:], kwargs)
-            if exact is not None:
-                return exact
-        return func(*_dequantize_tree(args), **_dequantize_tree(kwargs))
-
-    def __getattr__(self, name):  # x.mean(...), x.flatten(1), ... on the float values
-        return getattr(self.dequantize(), name)
-
-    def _binary(op):
-        return lambda self, other: op(self.dequantize(), _dequantize_tree(other))
-
-    __add__ = _binary(lambda a, b: a + b)
-    __radd__ = _binary(lambda a, b: b + a)
-    __sub__ = _binary(lambda a, b: a - b)
-    __rsub__ = _binary(lambda a, b: b - a)
-    __mul__ = _binary(lambda a, b: a * b)
-    __rmul__ = _binary(lambda a, b: b * a)
-    __truediv__ = _binary(lambda a, b: a / b)
-    __matmul__ = _binary(lambda a, b: a @ b)
-    __getitem__ = _binary(lambda a, b: a[b])
-    del _binary
-
-    def __repr__(self) -> str:
-        return (f"QActivation(shape={tuple(self.q.shape)}, scale={self.scale:.4g}, "
-                f"zero_point={self.zero_point})")
-
-
-def _on_grid(func, x: QActivation, rest, kwargs):
-    """The result of ``func`` computed on x's uint8 grid, or None if it cannot be exact there."""
-    name = getattr(func, "__name__", "")
-    if func is F.pad:
-        mode = kwargs.get("mode", rest[1] if len(rest) > 1 else "constant")
-        value = kwargs.get("value", rest[2] if len(rest) > 2 else None)
-        if mode == "constant" and not value:  # real 0.0 is the zero point
-            return x._like(F.pad(x.q, rest[0] if rest else kwargs["pad"], value=x.zero_point))
-    elif name in ("relu", "relu6", "hardtanh", "relu_", "hardtanh_"):
-        if name.startswith("hardtanh"):
-            lo = kwargs.get("min_val", rest[0] if rest else -1.0)
-            hi = kwargs.get("max_val", rest[1] if len(rest) > 1 else 1.0)
-        else:
-            lo, hi = 0.0, (6.0 if name == "relu6" else None)
-        fused = {"relu": (0.0, None), "relu6": (0.0, 6.0)}.get(x.activation)
-        if fused is not None and lo <= fused[0] and (hi is None or (fused[1] is not None and hi >= fused[1])):
-            return x  # the producing kernel already applied it
-        qlo = max(0, min(255, round(lo / x.scale) + x.zero_point))
-        qhi = 255 if hi is None else max(0, min(255, round(hi / x.scale) + x.zero_point))
-        return x._like(x.q.clamp(qlo, qhi))
-    elif name in ("max_pool2d", "_max_pool2d") and not kwargs.get("return_indices", False):
-        # max commutes with a monotone grid; torch's uint8 max-pool limits channels-last
-        # inputs to 255 elements, so pool a contiguous copy (one cheap uint8 pass)
-        return x._like(func(x.q.contiguous(), *rest, **kwargs))
-    return None
-
-
-def _dequantize_tree(obj):
-    if isinstance(obj, QActivation):
-        return obj.dequantize()
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_dequantize_tree(o) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _dequantize_tree(v) for k, v in obj.items()}
-    return obj
-
-
-def dequantize_outputs(module: nn.Module, args, output):
-    """Forward hook for the root module: the dequantize step at the model's output."""
-    if isinstance(output, QActivation):
-        return output.dequantize()
-    if isinstance(output, (tuple, list, dict)):
-        return _dequantize_tree(output)
-    return output
+    vnni = not missing_cpu_flags(flags=("avx512_vnni",)) or not missing_cpu_flags(flags=("avx_vnni",))
+    return UINT8_TENSOR if vnni else UINT7_TENSOR
 
 
 # --- calibration-time modules -------------------------------------------------------------
@@ -183,7 +78,7 @@ class Observed(nn.Module):
 
 
 # --- int8 modules -------------------------------------------------------------------------
-class _StaticInt8(nn.Module):
+class _StaticInt8(QModule):
     """Shared state of QConv2dStatic and QLinearStatic: weights, ranges, I/O bookkeeping."""
 
     def __init__(self, weight: QTensor, bias: torch.Tensor | None, activation: str | None,
@@ -192,13 +87,15 @@ class _StaticInt8(nn.Module):
         if weight.format.kind != "int" or weight.format.num_bits != 8 or not weight.format.signed:
             raise ValueError(f"static int8 layers need signed 8-bit weights, got {weight.format.label()}")
         self.activation = activation
-        self.register_buffer("w_int8", None)                               # (out, ...) for export
-        self.register_buffer("w_scale", None)                              # (out,)
+        # derived from ``weight`` (for the kernel and the ONNX export), so not saved twice
+        self.register_buffer("w_int8", None, persistent=False)             # (out, ...)
+        self.register_buffer("w_scale", None, persistent=False)            # (out,)
         self._set_weight(weight, pack=False)  # the subclass packs once its geometry is set
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.bias_fp32 = self.bias  # as calibrated; ``bias`` is snapped by snap_bias()
         self.register_buffer("w_zero_point", torch.zeros(weight.shape[0], dtype=torch.int32))
         self.input_scale, self.input_zero_point = float(input_qparams[0]), int(input_qparams[1])
+        self.input_qmax = 255 if len(input_qparams) < 3 else int(input_qparams[2])
         self.output_scale, self.output_zero_point = float(output_qparams[0]), int(output_qparams[1])
         self.output_float = False   # set by profile(): the output only ever meets float ops
         self.feeds_float = False    # profiling marks, see QActivation
@@ -250,7 +147,8 @@ class _StaticInt8(nn.Module):
             return x.q, x.scale, x.zero_point
         self.inputs_seen.add("float")
         self.input_used = (self.input_scale, self.input_zero_point)
-        return quantize_u8(x, self.input_scale, self.input_zero_point), self.input_scale, self.input_zero_point
+        q = quantize_u8(x, self.input_scale, self.input_zero_point, self.input_qmax)
+        return q, self.input_scale, self.input_zero_point
 
     def _output_args(self) -> tuple[float, int, torch.dtype | None]:
         if self.output_float:
@@ -277,7 +175,34 @@ class _StaticInt8(nn.Module):
         bias = 0 if self.bias is None else self.bias.numel() * 4
         return self.weight.nbytes + bias, self.weight.numel
 
+    @classmethod
+    def planned_kernel(cls, fmt, activation, in_features: int, device: str = "cpu") -> str:
+        return KERNELS[cls.op]
 
+    def config(self) -> dict:
+        return {"activation": self.activation,
+                "input_qparams": [self.input_scale, self.input_zero_point, self.input_qmax],
+                "output_qparams": [self.output_scale, self.output_zero_point],
+                "output_float": self.output_float,
+                "input_used": list(self.input_used) if self.input_used else None,
+                "inputs_seen": sorted(self.inputs_seen), **self._geometry()}
+
+    def _geometry(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, weight: QTensor, config: dict, bias: torch.Tensor | None) -> "_StaticInt8":
+        float_layer = SimpleNamespace(bias=bias, **{k: config[k] for k in ("stride", "padding", "dilation",
+                                                                           "groups") if k in config})
+        layer = cls(float_layer, weight, config["activation"], tuple(config["input_qparams"]),
+                    tuple(config["output_qparams"]))
+        layer.output_float = bool(config["output_float"])
+        layer.input_used = tuple(config["input_used"]) if config.get("input_used") else None
+        layer.inputs_seen = set(config.get("inputs_seen", ()))
+        return layer
+
+
+@register_layer
 class QConv2dStatic(_StaticInt8):
     """Conv2d on ``onednn.qconv2d_pointwise``: u8 activations, s8 per-channel weights."""
 
@@ -294,6 +219,10 @@ class QConv2dStatic(_StaticInt8):
             self.w_int8, self.w_scale, self.input_scale, self.input_zero_point, self.stride,
             self.padding, self.dilation, self.groups, None)
 
+    def _geometry(self) -> dict:
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
+                "groups": self.groups}
+
     def forward(self, x):
         q, x_scale, x_zp = self._input(x)
         out_scale, out_zp, out_dtype = self._output_args()
@@ -309,6 +238,7 @@ class QConv2dStatic(_StaticInt8):
                 f"groups={self.groups}, {self.io()}")
 
 
+@register_layer
 class QLinearStatic(_StaticInt8):
     """Linear on ``onednn.qlinear_pointwise``: u8 activations, s8 per-channel weights."""
 
@@ -352,11 +282,12 @@ def bias_int32(bias: torch.Tensor, x_scale: float, w_scale: torch.Tensor) -> tup
 
 def convert_observed(observed: Observed) -> _StaticInt8:
     """The int8 module for a calibrated :class:`Observed` (raises if it saw no data)."""
-    in_scale, in_zp = observed.input_observer.qparams(UINT8_TENSOR)
-    out_scale, out_zp = observed.output_observer.qparams(UINT8_TENSOR)
+    fmt = activation_format()
+    in_scale, in_zp = observed.input_observer.qparams(fmt)
+    out_scale, out_zp = observed.output_observer.qparams(fmt)
     cls = QConv2dStatic if observed.op == "conv" else QLinearStatic
     return cls(observed.float_module, observed.weight, observed.activation,
-               (in_scale.item(), int(in_zp.item())), (out_scale.item(), int(out_zp.item())))
+               (in_scale.item(), int(in_zp.item()), fmt.qmax), (out_scale.item(), int(out_zp.item())))
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ class Skip(Exception):
 class LayerReport:
     name: str
     module_type: str
-    status: str            # "quantized" | "skipped" | "excluded"
+    status: str            # "quantized" | "skipped" | "excluded" | "not-handled" | "removed"
     format: str = ""
     kernel: str = ""
     bits_per_weight: float | None = None
@@ -64,6 +64,49 @@ def matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+# Layers a model's report and plan cover: everything that holds a weight matrix.
+try:  # GPT-2 style linears: weight stored transposed, [in, out]
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is optional
+    Conv1D = None
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding) + ((Conv1D,) if Conv1D else ())
+
+
+def _patterns(value, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)  # one pattern, not one per character
+    value = tuple(value)
+    if not all(isinstance(p, str) for p in value):
+        raise TypeError(f"{what} must be fnmatch patterns (str), got {value!r}")
+    return value
+
+
+def walk(model: nn.Module, types: tuple[type, ...], include=("*",), exclude=()):
+    """The one walk over a model's layers: yields ``(name, module, selected, why_not)`` for every
+    layer of ``types`` and every other weight layer (:data:`WEIGHT_LAYERS`), in module order.
+
+    ``selected`` is True for layers of ``types`` matching ``include`` and not ``exclude``; for
+    the others ``why_not`` says why they stay as they are.
+    """
+    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    _check_literal_includes(model, types, include)
+    handled = ", ".join(t.__name__ for t in types)
+    # names first: holding the modules would keep every replaced float weight alive to the end
+    names: list[tuple[str, bool]] = []
+    for name, m in model.named_modules():
+        inside = names and name.startswith(names[-1][0] + ".")  # a layer's own sub-layers
+        if name and not inside and isinstance(m, types + WEIGHT_LAYERS):
+            names.append((name, isinstance(m, types)))
+    for name, of_type in names:
+        module = model.get_submodule(name)
+        if not of_type:
+            yield name, module, False, f"not handled by this recipe (it takes {handled})"
+        elif not matches(name, include) or matches(name, exclude):
+            yield name, module, False, "excluded by pattern"
+        else:
+            yield name, module, True, ""
+
+
 def swap_modules(
     model: nn.Module,
     build: Callable[[str, nn.Module], nn.Module],
@@ -76,22 +119,20 @@ def swap_modules(
     """Replace every module of ``types`` whose name matches ``include`` and not ``exclude``.
 
     ``build(name, module)`` returns the replacement, or raises :class:`Skip` (reported) or
-    ValueError (propagated with the layer's name: a user error must not pass silently).
+    ValueError (propagated with the layer's name: a user error must not pass silently). Every
+    other weight layer of the model is in the report too, with the reason it stays float.
     """
-    _check_literal_includes(model, types, include)
     report = QuantReport(recipe)
-    # names only: holding the modules would keep every replaced float weight alive to the end
-    names = [name for name, module in model.named_modules() if name and isinstance(module, types)]
-    for name in names:
-        module = model.get_submodule(name)
+    for name, module, selected, why in walk(model, types, include, exclude):
         kind = type(module).__name__
-        if not matches(name, include) or matches(name, exclude):
-            report.layers.append(LayerReport(name, kind, "excluded", reason="excluded by pattern"))
+        if not selected:
+            status = "excluded" if why == "excluded by pattern" else "not-handled"
+            report.layers.append(LayerReport(name, kind, status, reason=why))
             continue
         try:
             new = build(name, module)
-        except Skip as why:
-            report.layers.append(LayerReport(name, kind, "skipped", reason=str(why)))
+        except Skip as err:
+            report.layers.append(LayerReport(name, kind, "skipped", reason=str(err)))
             continue
         set_submodule(model, name, new)
         report.layers.append(describe(name, kind, new))

@@ -1,9 +1,15 @@
-"""Recipes: frozen configs that say how to quantize; :func:`lowbit.quantize` applies them."""
-from .base import Recipe, quantize
+"""Recipes: frozen configs that say how to quantize; :func:`lowbit.quantize` applies them.
+
+Every recipe is registered under a short spec (``from_spec("gptq:w4g64")``, ``recipe.to_spec()``)
+and plans what it will do before doing it (``recipe.plan(model)``).
+"""
+from .base import ActivationQuant, LayerPlan, Plan, Recipe, quantize
 from .distill import Distill, Sequence
 from .llm import NF4, LLMInt8, SmoothQuant, StaticW8A8
+from .registry import REGISTRY, from_spec, register, to_spec
 from .static import StaticPTQ
 from .weight_only import DynamicPTQ, WeightOnly
 
-__all__ = ["Recipe", "quantize", "WeightOnly", "DynamicPTQ", "NF4", "LLMInt8", "SmoothQuant",
+__all__ = ["ActivationQuant", "LayerPlan", "Plan", "Recipe", "quantize", "from_spec", "to_spec",
+           "register", "REGISTRY", "WeightOnly", "DynamicPTQ", "NF4", "LLMInt8", "SmoothQuant",
            "StaticW8A8", "StaticPTQ", "Distill", "Sequence"]

@@ -21,7 +21,8 @@ from .._memory import release_freed_memory
 from ..calibration import find_blocks
 from ..nn.swap import LayerReport, QuantReport
 from ..qat import distillation_loss, fit
-from .base import Recipe
+from .base import LayerPlan, Plan, Recipe
+from .registry import register
 
 log = logging.getLogger("lowbit")
 
@@ -66,6 +67,7 @@ def _logits_and_hidden(model: nn.Module, ids: torch.Tensor, hidden: bool):
     return out.logits, (out.hidden_states if hidden else None)
 
 
+@register("distill")
 @dataclass(frozen=True)
 class Distill(Recipe):
     """Train a shallower copy of the model by distillation from the model itself.
@@ -116,6 +118,18 @@ class Distill(Recipe):
         budget = " or ".join(b for b in (f"{self.minutes:g} min" if self.minutes else "",
                                          f"{self.max_steps} steps" if self.max_steps else "") if b)
         return f"Distill to {which} ({budget})"
+
+    def plan(self, model: nn.Module) -> Plan:
+        """The blocks the student drops (its other layers stay as they are, trained)."""
+        name, blocks = find_blocks(model)
+        keep = self.keep_layers or evenly_spaced(len(blocks), self.num_layers)
+        plan = Plan(self.describe())
+        for i, block in enumerate(blocks):
+            if i not in keep:
+                size = sum(p.numel() * p.element_size() for p in block.parameters())
+                plan.layers.append(LayerPlan(f"{name}.{i}", type(block).__name__, (), "remove",
+                                             float_bytes=size, reason="dropped by Distill"))
+        return plan
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         ids = _token_windows(data)
@@ -215,6 +229,19 @@ class Sequence(Recipe):
 
     def describe(self) -> str:
         return " -> ".join(s.describe() for s in self.steps)
+
+    def plan(self, model: nn.Module) -> Plan:
+        """Each step's plan on the given model; a later step's row replaces an earlier one, and
+        layers inside blocks a step removes are dropped."""
+        rows: dict[str, LayerPlan] = {}
+        for step in self.steps:
+            for row in step.plan(model).layers:
+                if row.status == "remove":
+                    rows = {k: v for k, v in rows.items() if not k.startswith(row.name + ".")}
+                elif any(r.status == "remove" and row.name.startswith(r.name + ".") for r in rows.values()):
+                    continue
+                rows[row.name] = row
+        return Plan(self.describe(), list(rows.values()))
 
     @staticmethod
     def per_step(*data) -> PerStep:

@@ -16,14 +16,15 @@ from tqdm.auto import tqdm
 
 from ..algorithms import smoothquant as sq
 from ..algorithms.nf4 import BLOCK_SIZES, quantize_nf4
-from ..formats import INT8, NF4 as NF4_FORMAT, QFormat
+from ..formats import INT8, NF4 as NF4_FORMAT, QFormat, bits_per_weight
 from ..nn import QLinear, QuantReport, swap_modules
 from ..nn.llm_int8 import LLMInt8Linear, StaticW8A8Linear
 from ..nn.nf4 import NF4Linear
 from ..nn.swap import matches
 from ..qtensor import QTensor
-from .base import Recipe
-from .weight_only import act_group_for
+from .base import ActivationQuant, LayerPlan, Recipe, float_bytes, patterns
+from .registry import register
+from .weight_only import act_group_for, int8_layer_plan
 
 log = logging.getLogger("lowbit")
 
@@ -42,11 +43,7 @@ SMOOTH_PAIRS = (
 )
 
 
-def _tuple_fields(recipe) -> None:
-    object.__setattr__(recipe, "include", tuple(recipe.include))
-    object.__setattr__(recipe, "exclude", tuple(recipe.exclude))
-
-
+@register("nf4")
 @dataclass(frozen=True)
 class NF4(Recipe):
     """4-bit NormalFloat weights with double quantization (QLoRA); activations stay float.
@@ -62,30 +59,53 @@ class NF4(Recipe):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("lm_head",)
 
-    activation = None
-    types = (nn.Linear,)
+    layer_types = types = (nn.Linear,)
 
     def __post_init__(self) -> None:
         if self.block_size not in BLOCK_SIZES:
             raise ValueError(f"NF4.block_size must be one of {BLOCK_SIZES}, got {self.block_size}")
-        _tuple_fields(self)
+        patterns(self, "include", "exclude")
 
     @property
     def format(self) -> QFormat:
         return NF4_FORMAT.replace(group_size=self.block_size, double_quant=self.double_quant)
 
+    weight_format = format
+
     def describe(self) -> str:
         return f"NF4 block {self.block_size}" + (" + double quant" if self.double_quant else "")
+
+    @staticmethod
+    def spec_option(token: str) -> dict | None:
+        if token == "nodq":
+            return {"double_quant": False}
+        return {"block_size": int(token[1:])} if token[:1] == "b" and token[1:].isdigit() else None
+
+    def spec_tokens(self) -> tuple[list[str], set[str]]:
+        tokens = [] if self.block_size == 64 else [f"b{self.block_size}"]
+        return tokens + ([] if self.double_quant else ["nodq"]), {"block_size", "double_quant"}
+
+    def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
+        N, K = module.weight.shape
+        fp = float_bytes(module)
+        if K % self.block_size:
+            return LayerPlan(name, type(module).__name__, (N, K), "error", bytes=fp, float_bytes=fp,
+                             reason=f"block_size {self.block_size} does not divide its input size {K}")
+        fmt = self.format
+        nbytes = round(N * K * bits_per_weight(fmt, N * K, N) / 8) + (4 * N if module.bias is not None else 0)
+        return LayerPlan(name, type(module).__name__, (N, K), "quantize", fmt.label(),
+                         NF4Linear.planned_kernel(fmt, None, K), nbytes, fp)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         def build(name: str, module: nn.Module) -> nn.Module:
             W = quantize_nf4(module.weight.detach(), self.block_size, self.double_quant, name=name)
             return NF4Linear(W, module.bias)
 
-        return swap_modules(model, build, types=self.types, include=self.include,
+        return swap_modules(model, build, types=self.layer_types, include=self.include,
                             exclude=self.exclude, recipe=self.describe())
 
 
+@register("llm-int8")
 @dataclass(frozen=True)
 class LLMInt8(Recipe):
     """LLM.int8() (Dettmers et al., 2022): int8 per-channel weights; at run time the input
@@ -102,9 +122,15 @@ class LLMInt8(Recipe):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("lm_head",)
 
-    format = INT8
-    activation = "llm_int8"
-    types = (nn.Linear,)
+    format = weight_format = INT8
+    layer_types = types = (nn.Linear,)
+
+    @property
+    def activation(self) -> ActivationQuant:
+        return ActivationQuant("dynamic", "token", self.act_group_size, self.threshold)
+
+    def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
+        return int8_layer_plan(name, module, None, self.activation, layer=LLMInt8Linear)
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:
@@ -113,7 +139,7 @@ class LLMInt8(Recipe):
         if g is not None and (not isinstance(g, int) or g <= 0 or g % 64):
             raise ValueError(f"LLMInt8 act_group_size must be None (per token, the paper's) or a "
                              f"positive multiple of 64, got {g!r}")
-        _tuple_fields(self)
+        patterns(self, "include", "exclude")
 
     def describe(self) -> str:
         acts = f"activations per token x {self.act_group_size}" if self.act_group_size else "per-token activations"
@@ -124,10 +150,11 @@ class LLMInt8(Recipe):
             return LLMInt8Linear.from_float(module, self.threshold, name=name,
                                             act_group_size=act_group_for(name, module, self.act_group_size))
 
-        return swap_modules(model, build, types=self.types, include=self.include,
+        return swap_modules(model, build, types=self.layer_types, include=self.include,
                             exclude=self.exclude, recipe=self.describe())
 
 
+@register("static-w8a8")
 @dataclass(frozen=True)
 class StaticW8A8(Recipe):
     """Naive static W8A8: int8 per-channel weights, ONE calibrated activation scale per layer
@@ -137,18 +164,21 @@ class StaticW8A8(Recipe):
     exclude: tuple[str, ...] = ("lm_head",)
     batch_size: int = 8
 
-    format = INT8
-    activation = "int8_static"
-    types = (nn.Linear,)
+    format = weight_format = INT8
+    activation = ActivationQuant("static", "tensor", observer="absmax")
+    layer_types = types = (nn.Linear,)
     needs_data = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        _tuple_fields(self)
+        patterns(self, "include", "exclude")
 
     def describe(self) -> str:
         return "W8A8 static per-tensor (naive)"
+
+    def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
+        return int8_layer_plan(name, module, None, self.activation, layer=StaticW8A8Linear)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         absmax = input_absmax(model, data, _names(model, self), self.batch_size)
@@ -156,15 +186,16 @@ class StaticW8A8(Recipe):
 
 
 def _names(model: nn.Module, recipe) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, recipe.types)
+    return [n for n, m in model.named_modules() if isinstance(m, recipe.layer_types)
             and matches(n, recipe.include) and not matches(n, recipe.exclude)]
 
 
+@register("smoothquant")
 @dataclass(frozen=True)
 class SmoothQuant(Recipe):
     """SmoothQuant (Xiao et al., 2022) W8A8: migrate activation outliers into the weights with
     strength ``alpha`` (folded into the preceding RMSNorm/LayerNorm or up_proj), then int8 weights per
-    channel and int8 activations, ``activation="static"`` (one calibrated scale per tensor, the
+    channel and int8 activations, ``act_mode="static"`` (one calibrated scale per tensor, the
     paper's O3) or ``"dynamic"`` (per token at run time, lowbit's W8A8 VNNI kernel).
 
     Pairs smoothed (:data:`SMOOTH_PAIRS`): input_layernorm -> q/k/v, post_attention_layernorm ->
@@ -174,26 +205,50 @@ class SmoothQuant(Recipe):
     """
 
     alpha: float = 0.5
-    activation: str = "static"
+    act_mode: str = "static"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("lm_head",)
     batch_size: int = 8
 
-    format = INT8
-    types = (nn.Linear,)
+    format = weight_format = INT8
+    layer_types = types = (nn.Linear,)
     needs_data = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        _tuple_fields(self)
+        patterns(self, "include", "exclude")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"SmoothQuant.alpha must be in [0, 1] (0.5 is the paper's default), got {self.alpha}")
-        if self.activation not in ("static", "dynamic"):
-            raise ValueError(f"SmoothQuant.activation must be 'static' or 'dynamic', got {self.activation!r}")
+        if self.act_mode not in ("static", "dynamic"):
+            raise ValueError(f"SmoothQuant.act_mode must be 'static' or 'dynamic', got {self.act_mode!r}")
+
+    @property
+    def activation(self) -> ActivationQuant:
+        if self.act_mode == "static":
+            return ActivationQuant("static", "tensor", observer="absmax")
+        return ActivationQuant("dynamic", "token")
 
     def describe(self) -> str:
-        return f"SmoothQuant W8A8 alpha {self.alpha:g} ({self.activation} per-{'tensor' if self.activation == 'static' else 'token'})"
+        return f"SmoothQuant W8A8 alpha {self.alpha:g} ({self.activation.label()})"
+
+    @staticmethod
+    def spec_option(token: str) -> dict | None:
+        if token in ("static", "dynamic"):
+            return {"act_mode": token}
+        try:
+            return {"alpha": float(token[1:])} if token[:1] == "a" else None
+        except ValueError:
+            return None
+
+    def spec_tokens(self) -> tuple[list[str], set[str]]:
+        tokens = [] if self.alpha == 0.5 else [f"a{self.alpha!r}"]
+        return tokens + ([] if self.act_mode == "static" else ["dynamic"]), {"alpha", "act_mode"}
+
+    def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
+        if self.act_mode == "dynamic":
+            return int8_layer_plan(name, module, "int8_dynamic", self.activation)
+        return int8_layer_plan(name, module, None, self.activation, layer=StaticW8A8Linear)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         names = _names(model, self)
@@ -212,7 +267,7 @@ class SmoothQuant(Recipe):
                 lin.weight.data.copy_(W)
                 absmax[name] = absmax[name] / s
         log.info("lowbit: SmoothQuant smoothed %d producer -> linear pairs", len(pairs))
-        return _swap_w8a8(model, self, absmax, self.activation)
+        return _swap_w8a8(model, self, absmax, self.act_mode)
 
 
 def smooth_pairs(model: nn.Module) -> list[tuple[str, nn.Module, list[tuple[str, nn.Module]]]]:
@@ -302,5 +357,5 @@ def _swap_w8a8(model: nn.Module, recipe: Recipe, absmax: dict, activation: str) 
         W = QTensor.from_float(module.weight.detach(), INT8, name=name)
         return StaticW8A8Linear(W, module.bias, sq.static_scale(absmax[name]))
 
-    return swap_modules(model, build, types=recipe.types, include=recipe.include,
+    return swap_modules(model, build, types=recipe.layer_types, include=recipe.include,
                         exclude=recipe.exclude, recipe=recipe.describe())

@@ -18,16 +18,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..fold import fold_model, trace_pairs
-from ..formats import QFormat, int_format
+from ..formats import QFormat, bits_per_weight, int_format
 from ..nn import QuantReport, Skip, swap_modules
-from ..nn.static import Observed, convert_observed, dequantize_outputs, float_crossings, profile
+from ..nn.static import KERNELS, Observed, convert_observed, dequantize_outputs, float_crossings, profile
 from ..observers import OBSERVERS, make_observer
 from ..qtensor import QTensor
-from .base import Recipe
+from .base import ActivationQuant, LayerPlan, Recipe, float_bytes, patterns
+from .registry import register
 
 log = logging.getLogger("lowbit")
 
 
+@register("static")
 @dataclass(frozen=True)
 class StaticPTQ(Recipe):
     """Static W8A8 post-training quantization of every Conv2d and Linear.
@@ -52,22 +54,47 @@ class StaticPTQ(Recipe):
     max_batches: int | None = None
 
     needs_data = True
-    types = (nn.Conv2d, nn.Linear)
+    layer_types = (nn.Conv2d, nn.Linear)
 
     def __post_init__(self) -> None:
         if self.observer not in OBSERVERS:
             raise ValueError(f"StaticPTQ.observer must be one of {tuple(OBSERVERS)}, "
                              f"got {self.observer!r}")
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        patterns(self, "include", "exclude")
 
     @property
     def weight_format(self) -> QFormat:
         fmt = int_format(8)  # signed, symmetric, fp32 scales
         return fmt if self.per_channel else fmt.replace(granularity="tensor")
 
+    @property
+    def activation(self) -> ActivationQuant:
+        return ActivationQuant("static", "tensor", observer=self.observer)
+
     def describe(self) -> str:
         return f"StaticPTQ W8A8 ({self.observer}, {'per-channel' if self.per_channel else 'per-tensor'})"
+
+    @staticmethod
+    def spec_option(token: str) -> dict | None:
+        if token == "pertensor":
+            return {"per_channel": False}
+        return {"observer": token} if token in OBSERVERS else None
+
+    def spec_tokens(self) -> tuple[list[str], set[str]]:
+        return [self.observer] + ([] if self.per_channel else ["pertensor"]), {"observer", "per_channel"}
+
+    def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
+        shape, kind, fp = tuple(module.weight.shape), type(module).__name__, float_bytes(module)
+        why = _unsupported(module)
+        if why:
+            return LayerPlan(name, kind, shape, "float", bytes=fp, float_bytes=fp, reason=why)
+        fmt = self.weight_format
+        W = module.weight
+        nbytes = round(W.numel() * bits_per_weight(fmt, W.numel(), shape[0]) / 8)
+        nbytes += 0 if module.bias is None else 4 * shape[0]
+        op = "conv" if isinstance(module, nn.Conv2d) else "linear"
+        return LayerPlan(name, kind, shape, "quantize", f"{fmt.label()}, activations "
+                         f"{self.activation.label()}", KERNELS[op], nbytes, fp)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         batches = list(_take(data, self.max_batches))
@@ -78,7 +105,7 @@ class StaticPTQ(Recipe):
             conv_bn, activation = trace_pairs(model, lambda m: _call(m, batches[0]))
             if self.fold_bn:
                 fold_model(model, conv_bn)
-            report = swap_modules(model, self._observe(activation), types=self.types,
+            report = swap_modules(model, self._observe(activation), types=self.layer_types,
                                   include=self.include, exclude=self.exclude,
                                   recipe=self.describe())
             for batch in tqdm(batches, desc="calibrating", unit="batch", disable=None):
@@ -94,20 +121,27 @@ class StaticPTQ(Recipe):
         fmt = self.weight_format
 
         def build(name: str, module: nn.Module) -> Observed:
-            if module.weight.dtype != torch.float32:
-                raise Skip(f"weights are {module.weight.dtype}; the int8 kernels take fp32 layers")
-            if isinstance(module, nn.Conv2d):
-                if module.padding_mode != "zeros":
-                    raise Skip(f"padding_mode={module.padding_mode!r} has no int8 kernel "
-                               f"(only zero padding)")
-                if isinstance(module.padding, str):
-                    raise Skip(f"padding={module.padding!r}: give explicit padding for int8")
+            why = _unsupported(module)
+            if why:
+                raise Skip(why)
             weight = QTensor.from_float(module.weight.detach(), fmt, name=name)
             return Observed(module, weight, activation.get(name),
                             make_observer(self.observer, name=f"{name} input"),
                             make_observer(self.observer, name=f"{name} output"))
 
         return build
+
+
+def _unsupported(module: nn.Module) -> str:
+    """Why a Conv2d/Linear cannot run the int8 kernels ("" when it can)."""
+    if module.weight.dtype != torch.float32:
+        return f"weights are {module.weight.dtype}; the int8 kernels take fp32 layers"
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} has no int8 kernel (only zero padding)"
+        if isinstance(module.padding, str):
+            return f"padding={module.padding!r}: give explicit padding for int8"
+    return ""
 
 
 def _final_report(model: nn.Module, report: QuantReport) -> QuantReport:

@@ -13,11 +13,12 @@ from ..algorithms.hqq import hqq
 from ..algorithms.rtn import rtn
 from ..calibration import (LINEAR_TYPES, InputStats, block_linears, find_blocks, linear_weight,
                            quantize_blocks)
-from ..formats import QFormat, int_format
+from ..formats import QFormat, bits_per_weight, int_format
 from ..nn import QEmbedding, QLinear, QuantReport, Skip, swap_modules
 from ..nn.swap import matches
 from ..qtensor import QTensor
-from .base import Recipe
+from .base import ActivationQuant, LayerPlan, Recipe, float_bytes, patterns
+from .registry import register
 
 log = logging.getLogger("lowbit")
 
@@ -25,13 +26,18 @@ METHODS = ("rtn", "gptq", "awq", "hqq")
 CALIBRATED = ("gptq", "awq")
 
 
+@register("rtn", method="rtn")
+@register("gptq", method="gptq")
+@register("awq", method="awq")
+@register("hqq", method="hqq")
 @dataclass(frozen=True)
 class WeightOnly(Recipe):
     """Weight-only quantization of every ``nn.Linear`` (activations stay float).
 
     Args:
         num_bits: 2..8.
-        group_size: elements per scale along the input axis; None = one scale per output channel.
+        group_size: elements per scale along the input axis; None = one scale per output channel;
+            "auto" (default) = 128 below 8 bits, per channel at 8 bits: the formats with kernels.
         symmetric: None picks the format with a fast kernel: symmetric for 8 bits (int8
             kernel), asymmetric otherwise (int4 kernel; 3/2-bit run the reference path).
         method: "rtn" (round to nearest), "hqq" (half-quadratic zero points, no data), or the
@@ -55,7 +61,7 @@ class WeightOnly(Recipe):
     """
 
     num_bits: int = 4
-    group_size: int | None = 128
+    group_size: int | None | str = "auto"
     symmetric: bool | None = None
     method: str = "rtn"
     mse_clip: bool = False
@@ -73,8 +79,12 @@ class WeightOnly(Recipe):
     skip_ragged: bool = False
 
     def __post_init__(self) -> None:
-        if not 2 <= self.num_bits <= 8:
-            raise ValueError(f"WeightOnly.num_bits must be 2..8, got {self.num_bits}")
+        if not isinstance(self.num_bits, int) or not 2 <= self.num_bits <= 8:
+            raise ValueError(f"WeightOnly.num_bits must be 2..8, got {self.num_bits!r}")
+        if self.group_size == "auto":
+            object.__setattr__(self, "group_size", None if self.num_bits == 8 else 128)
+        if self.group_size is not None and not isinstance(self.group_size, int):
+            raise ValueError(f"WeightOnly.group_size must be an int, None or 'auto', got {self.group_size!r}")
         if self.group_size is not None and (self.group_size < 1 or self.group_size & (self.group_size - 1)):
             raise ValueError(
                 f"WeightOnly.group_size must be None (per channel) or a power of two such as "
@@ -92,10 +102,7 @@ class WeightOnly(Recipe):
         if self.block_size < 1 or self.awq_grid < 1 or self.hqq_iters < 0 or self.calib_batch_size < 1:
             raise ValueError("WeightOnly.block_size, awq_grid and calib_batch_size must be positive "
                              "and hqq_iters non-negative")
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-
-    activation = None
+        patterns(self, "include", "exclude")
 
     @property
     def needs_data(self) -> bool:
@@ -103,8 +110,9 @@ class WeightOnly(Recipe):
 
     @property
     def types(self) -> tuple[type, ...]:
-        linears = LINEAR_TYPES if self.method in CALIBRATED else (nn.Linear,)
-        return linears + (nn.Embedding,) if self.embeddings else linears
+        return LINEAR_TYPES + (nn.Embedding,) if self.embeddings else LINEAR_TYPES
+
+    layer_types = types
 
     @property
     def format(self) -> QFormat:
@@ -112,10 +120,55 @@ class WeightOnly(Recipe):
         return int_format(self.num_bits, signed=symmetric, symmetric=symmetric,
                           group_size=self.group_size)
 
+    weight_format = format
+
     def describe(self) -> str:
         g = f"g{self.group_size}" if self.group_size else "per-channel"
         method = "rtn-mse" if self.mse_clip else self.method
         return f"WeightOnly W{self.num_bits} {g} {method}"
+
+    # --- spec: "gptq:w4g64", "rtn:w8", "hqq:w3g64,emb" ---------------------------------------
+    @staticmethod
+    def spec_option(token: str) -> dict | None:
+        if token == "emb":
+            return {"embeddings": True}
+        if token in ("sym", "asym"):
+            return {"symmetric": token == "sym"}
+        if token.startswith("w") and token[1:2].isdigit():
+            bits, _, group = token[1:].partition("g")
+            if group:
+                return {"num_bits": int(bits), "group_size": int(group)}
+            if bits.endswith("pc"):
+                return {"num_bits": int(bits[:-2]), "group_size": None}
+            return {"num_bits": int(bits)}
+        return None
+
+    def spec_tokens(self) -> tuple[list[str], set[str]]:
+        auto = None if self.num_bits == 8 else 128
+        group = ("" if self.group_size == auto else f"g{self.group_size}" if self.group_size else "pc")
+        tokens = [f"w{self.num_bits}{group}"]
+        if self.embeddings:
+            tokens.append("emb")
+        if self.symmetric is not None:
+            tokens.append("sym" if self.symmetric else "asym")
+        return tokens, {"num_bits", "group_size", "embeddings", "symmetric", "method"}
+
+    def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
+        W = module.weight
+        shape, fmt, kind = tuple(W.shape), self.format, type(module).__name__
+        fp = float_bytes(module)
+        in_features = linear_weight(module).shape[1] if not isinstance(module, nn.Embedding) else shape[1]
+        if self.group_size and in_features % self.group_size:
+            why = (f"group_size {self.group_size} does not divide its input size {in_features}; "
+                   f"choose a group size that does, exclude it, or pass skip_ragged=True")
+            return LayerPlan(name, kind, shape, "float" if self.skip_ragged else "error",
+                             bytes=fp, float_bytes=fp, reason=why)
+        kernel = (QEmbedding.planned_kernel(fmt) if isinstance(module, nn.Embedding)
+                  else QLinear.planned_kernel(fmt, None, in_features))
+        bpw = bits_per_weight(fmt, W.numel(), shape[0])
+        bias = getattr(module, "bias", None)
+        nbytes = round(W.numel() * bpw / 8) + (0 if bias is None else bias.numel() * bias.element_size())
+        return LayerPlan(name, kind, shape, "quantize", fmt.label(), kernel, nbytes, fp)
 
     # --- one weight, no data ---------------------------------------------------------------
     def quantize_weight(self, name: str, W: torch.Tensor) -> QTensor:
@@ -156,9 +209,9 @@ class WeightOnly(Recipe):
                 if name in reasons:
                     raise Skip(reasons[name])
                 log.info("lowbit: %s is outside the decoder blocks: round to nearest", name)
-            return QLinear.from_float(module, fmt, name=name, weight=quantized(name, module))
+            return QLinear(quantized(name, module), module.bias)
 
-        return swap_modules(model, build, types=self.types, include=self.include,
+        return swap_modules(model, build, types=self.layer_types, include=self.include,
                             exclude=self.exclude, recipe=self.describe())
 
     # --- calibrated methods: block by block --------------------------------------------------
@@ -202,13 +255,29 @@ class WeightOnly(Recipe):
 
 def act_group_for(name: str, module: nn.Module, group: int | None) -> int | None:
     """``group`` if it divides the layer's input width, else None (per-token scales, logged)."""
-    if group and module.in_features % group:
+    in_features = linear_weight(module).shape[1]
+    if group and in_features % group:
         log.info("lowbit: %s: in_features %d is not a multiple of act_group_size %d; "
-                 "per-token activation scales", name, module.in_features, group)
+                 "per-token activation scales", name, in_features, group)
         return None
     return group
 
 
+def int8_layer_plan(name: str, module: nn.Module, activation: str | None,
+                    act: ActivationQuant | None, layer=QLinear) -> LayerPlan:
+    """Plan of a layer that becomes int8 per channel (fp32 scales) with ``layer``'s kernel."""
+    W = linear_weight(module)
+    N, K = W.shape
+    fp = float_bytes(module)
+    bias = getattr(module, "bias", None)
+    nbytes = N * K + 4 * N + (0 if bias is None else 4 * N)
+    label = int_format(8).label() + (f", activations {act.label()}" if act else "")
+    kernel = layer.planned_kernel(int_format(8), activation, K)
+    return LayerPlan(name, type(module).__name__, tuple(module.weight.shape), "quantize", label,
+                     kernel, nbytes, fp)
+
+
+@register("w8a8")
 @dataclass(frozen=True)
 class DynamicPTQ(Recipe):
     """W8A8 dynamic: int8 per-channel weights, activations quantized to int8 at run time.
@@ -228,26 +297,41 @@ class DynamicPTQ(Recipe):
     act_group_size: int | None = 64
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        patterns(self, "include", "exclude")
         g = self.act_group_size
         if g is not None and (not isinstance(g, int) or g <= 0 or g % 64):
             raise ValueError(f"DynamicPTQ act_group_size must be None (per token) or a positive "
                              f"multiple of 64, got {g!r}")
 
-    format = int_format(8)
-    activation = "int8_dynamic"
-    types = (nn.Linear,)
+    format = weight_format = int_format(8)
+    layer_types = types = LINEAR_TYPES
+
+    @property
+    def activation(self) -> ActivationQuant:
+        return ActivationQuant("dynamic", "token", self.act_group_size)
 
     def describe(self) -> str:
         acts = f"activations per token x {self.act_group_size}" if self.act_group_size else "per-token activations"
         return f"DynamicPTQ W8A8 ({acts})"
 
+    @staticmethod
+    def spec_option(token: str) -> dict | None:
+        if token == "pertoken":
+            return {"act_group_size": None}
+        return {"act_group_size": int(token[1:])} if token[:1] == "g" and token[1:].isdigit() else None
+
+    def spec_tokens(self) -> tuple[list[str], set[str]]:
+        g = self.act_group_size
+        return ([] if g == 64 else ["pertoken"] if g is None else [f"g{g}"]), {"act_group_size"}
+
+    def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
+        return int8_layer_plan(name, module, "int8_dynamic", self.activation)
+
     def apply(self, model: nn.Module, data) -> QuantReport:
         def build(name: str, module: nn.Module) -> nn.Module:
-            return QLinear.from_float(module, self.format, activation=self.activation,
-                                      act_group_size=act_group_for(name, module, self.act_group_size),
-                                      name=name)
+            group = act_group_for(name, module, self.act_group_size)
+            weight = QTensor.from_float(linear_weight(module), self.format, name=name)
+            return QLinear(weight, module.bias, "int8_dynamic", group)
 
-        return swap_modules(model, build, types=self.types, include=self.include,
+        return swap_modules(model, build, types=self.layer_types, include=self.include,
                             exclude=self.exclude, recipe=self.describe())

@@ -83,6 +83,6 @@ def test_not_a_checkpoint(tmp_path):
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "notes.txt").write_text("mine")
-    with pytest.raises(CheckpointError, match="is not a lowbit checkpoint; refusing"):
+    with pytest.raises(CheckpointError, match="is not a lowbit folder .no lowbit.json.; refusing"):
         lowbit.save(model_factory(), tmp_path / "c")
     assert (tmp_path / "c" / "notes.txt").read_text() == "mine"

@@ -15,7 +15,7 @@ def _tiny_llama():
 
 
 @pytest.mark.parametrize("recipe", [NF4(), LLMInt8(), SmoothQuant(alpha=0.5), StaticW8A8(),
-                                    SmoothQuant(alpha=0.5, activation="dynamic")],
+                                    SmoothQuant(alpha=0.5, act_mode="dynamic")],
                          ids=lambda r: r.describe())
 def test_save_load_generate_same_tokens(recipe, tmp_path):
     model = _tiny_llama()

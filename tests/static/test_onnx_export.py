@@ -11,7 +11,15 @@ from .test_static import Net, _trained_stats
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+_FLAGS = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+# ONNX Runtime's u8 x s8 kernels on x86 without VNNI use vpmaddubsw, whose int16 pair sums
+# saturate (ORT's documented reduce_range caveat): on an AVX2-only AMD Zen 3 its outputs were
+# 0.018 from fp32 where lowbit's int8 model was 0.0076, so exact agreement cannot hold there.
+needs_vnni = pytest.mark.skipif(not any(f in _FLAGS.split() for f in ("avx512_vnni", "avx_vnni")),
+                                reason="ONNX Runtime's u8s8 kernels saturate without VNNI")
 
+
+@needs_vnni
 def test_qdq_export_matches_int8_model(tmp_path):
     import onnx
 
@@ -61,6 +69,7 @@ class DeadChannel(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
+@needs_vnni
 def test_dead_channel_keeps_its_bias_in_int32_and_in_onnx_runtime(tmp_path):
     from lowbit.io.onnx import export_onnx
     from lowbit.nn.static import BIAS_STEPS_MAX

@@ -8,7 +8,7 @@ import lowbit
 from lowbit.fold import fold_conv_bn
 from lowbit.formats import int_format
 from lowbit.nn.static import (Observed, QActivation, QConv2dStatic, QLinearStatic,
-                              convert_observed, dequantize_u8, quantize_u8)
+                              activation_format, convert_observed, dequantize_u8, quantize_u8)
 from lowbit.observers import MinMax
 from lowbit.qtensor import QTensor
 from lowbit.recipes.static import StaticPTQ
@@ -52,10 +52,11 @@ def test_int8_conv_matches_reference(cin, cout, k, stride, padding, groups, acti
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=True)
     weight = QTensor.from_float(conv.weight.detach(), W8)
-    x_scale, x_zp, out_scale, out_zp = 0.02, 120, 0.05, 0 if activation else 128
-    m = QConv2dStatic(conv, weight, activation, (x_scale, x_zp), (out_scale, out_zp))
+    qmax = activation_format().qmax  # 127 on x86 without VNNI (vpmaddubsw saturates at 255)
+    x_scale, x_zp, out_scale, out_zp = 0.02 * 255 / qmax, round(120 * qmax / 255), 0.05, 0 if activation else 128
+    m = QConv2dStatic(conv, weight, activation, (x_scale, x_zp, qmax), (out_scale, out_zp))
     x = torch.randn(2, cin, 15, 15)
-    q_x = quantize_u8(x, x_scale, x_zp)
+    q_x = quantize_u8(x, x_scale, x_zp, qmax)
     ref = _reference_conv(q_x, x_scale, x_zp, weight.int_values(), weight.scales(), conv.bias.detach(),
                           stride, padding, groups)
     if activation:
@@ -73,11 +74,13 @@ def test_int8_linear_matches_reference():
     torch.manual_seed(0)
     linear = nn.Linear(64, 40)
     weight = QTensor.from_float(linear.weight.detach(), W8)
-    m = QLinearStatic(linear, weight, "relu", (0.03, 128), (0.02, 0))
+    qmax = activation_format().qmax
+    x_scale, x_zp = 0.03 * 255 / qmax, (qmax + 1) // 2
+    m = QLinearStatic(linear, weight, "relu", (x_scale, x_zp, qmax), (0.02, 0))
     m.output_float = True
     x = torch.randn(3, 5, 64)
-    q_x = quantize_u8(x, 0.03, 128)
-    ref = F.linear(dequantize_u8(q_x, 0.03, 128), weight.dequantize(), linear.bias.detach()).relu()
+    q_x = quantize_u8(x, x_scale, x_zp, qmax)
+    ref = F.linear(dequantize_u8(q_x, x_scale, x_zp), weight.dequantize(), linear.bias.detach()).relu()
     assert (m(x) - ref).abs().max().item() < 1e-4
 
 
