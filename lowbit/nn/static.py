@@ -168,8 +168,8 @@ class _StaticInt8(QModule):
         act = f", {self.activation} fused" if self.activation else ""
         return f"{inp} -> {out}{act}"
 
-    def kernel(self) -> str:
-        return f"{KERNELS[self.op]} ({self.io()})"
+    def kernel(self, x=None) -> str:
+        return KERNELS[self.op]
 
     def lowbit_footprint(self) -> tuple[int, int]:
         bias = 0 if self.bias is None else self.bias.numel() * 4

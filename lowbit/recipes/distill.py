@@ -10,6 +10,7 @@ is a frozen copy taken before any block is dropped, freed when training ends.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -199,6 +200,22 @@ def _token_windows(data) -> torch.Tensor:
     return ids.long()
 
 
+def _renumbered(name: str, removed: list[str]) -> str | None:
+    """``name`` after the blocks ``removed`` ("layers.3") are dropped from their list: None if
+    inside one, else its block index lowered by the removed blocks before it."""
+    for block in removed:
+        if name.startswith(block + "."):
+            return None
+    for block in removed:
+        prefix, _, _ = block.rpartition(".")
+        if name.startswith(prefix + "."):
+            index, _, rest = name[len(prefix) + 1:].partition(".")
+            if index.isdigit():
+                gone = sum(int(b.rpartition(".")[2]) < int(index) for b in removed if b.startswith(prefix + "."))
+                return f"{prefix}.{int(index) - gone}" + (f".{rest}" if rest else "")
+    return name
+
+
 class PerStep(tuple):
     """Data for a :class:`Sequence`, one entry per step (``None`` for steps that need none)."""
 
@@ -234,13 +251,17 @@ class Sequence(Recipe):
         """Each step's plan on the given model; a later step's row replaces an earlier one, and
         layers inside blocks a step removes are dropped."""
         rows: dict[str, LayerPlan] = {}
+        removed: list[str] = []  # blocks a step drops; later names are renumbered past them
         for step in self.steps:
             for row in step.plan(model).layers:
                 if row.status == "remove":
+                    removed.append(row.name)
                     rows = {k: v for k, v in rows.items() if not k.startswith(row.name + ".")}
-                elif any(r.status == "remove" and row.name.startswith(r.name + ".") for r in rows.values()):
+                    rows[row.name] = row
                     continue
-                rows[row.name] = row
+                name = _renumbered(row.name, removed)
+                if name is not None:
+                    rows[name] = dataclasses.replace(row, name=name)
         return Plan(self.describe(), list(rows.values()))
 
     @staticmethod

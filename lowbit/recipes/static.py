@@ -145,10 +145,10 @@ def _unsupported(module: nn.Module) -> str:
 
 
 def _final_report(model: nn.Module, report: QuantReport) -> QuantReport:
-    """The first swap's report, with each int8 layer's kernel and I/O as profiled."""
+    """The first swap's report, with each int8 layer's kernel and its I/O as profiled."""
     modules = dict(model.named_modules())
-    layers = [dataclasses.replace(r, kernel=modules[r.name].kernel()) if r.status == "quantized"
-              else r for r in report.layers]
+    layers = [dataclasses.replace(r, kernel=modules[r.name].kernel(), reason=modules[r.name].io())
+              if r.status == "quantized" else r for r in report.layers]
     return QuantReport(report.recipe, layers)
 
 

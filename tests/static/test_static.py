@@ -138,9 +138,9 @@ def test_static_ptq_end_to_end_int8_flows_and_matches_float():
     assert isinstance(q.conv1, QConv2dStatic) and isinstance(q.fc, QLinearStatic)
     assert isinstance(q.bn1, nn.Identity)                         # folded
     rows = {r.name: r for r in q.lowbit_report.layers}
-    assert "u8 in" in rows["conv2"].kernel                         # uint8 from conv1 via max-pool
-    assert "float in" in rows["conv1"].kernel                      # the quantize step at the input
-    assert "relu fused" in rows["conv1"].kernel
+    assert "u8 in" in rows["conv2"].reason                         # uint8 from conv1 via max-pool
+    assert "float in" in rows["conv1"].reason                      # the quantize step at the input
+    assert "relu fused" in rows["conv1"].reason
     x = torch.randn(16, 3, 16, 16)
     with torch.no_grad():
         ref, out = model(x), q(x)

@@ -1,0 +1,66 @@
+"""Small models of each kind lowbit quantizes, built from scratch (no download), with data."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def decoder_lm():
+    """A tiny Llama decoder (2 blocks, width 64, tied embeddings) and token-id data [8, 32]."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    data = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(1))
+    return model, data, {"input_ids": data[:2]}
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 32, 3, stride=2, padding=1)
+        self.fc = nn.Linear(32, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x)).mean((2, 3))
+        return self.head(torch.relu(self.fc(x)))
+
+
+def cnn():
+    """A small conv net (Conv+BN+ReLU, strided conv, two linears) and image batches."""
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    with torch.no_grad():  # non-trivial BN statistics, so folding matters
+        model.bn1.running_mean.uniform_(-0.5, 0.5)
+        model.bn1.running_var.uniform_(0.5, 2.0)
+    data = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    return model, data, {"x": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(9))}
+
+
+def encoder():
+    """A tiny BERT encoder (2 layers, width 64) and token-id data."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=64)
+    model = BertModel(config).eval()
+    data = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    return model, data, {"input_ids": data[:2]}
+
+
+KINDS = {"lm": decoder_lm, "cnn": cnn, "encoder": encoder}
+
+
+def output(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**inputs)
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
