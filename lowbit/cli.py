@@ -32,12 +32,15 @@ class CliError(Exception):
 def make_recipe(args):
     from . import recipes
 
+    if ":" in args.recipe or "+" in args.recipe or args.recipe not in RECIPES:
+        return recipes.from_spec(args.recipe)  # a full spec, e.g. gptq:w4g64 or static:histogram
     exclude = tuple(args.exclude)
     if args.recipe == "dynamic":
         return recipes.DynamicPTQ(exclude=exclude, act_group_size=args.act_group_size)
     head = exclude or ("lm_head",)  # the LLM recipes keep the output head float by default
     if args.recipe == "nf4":
-        return recipes.NF4(block_size=args.group_size or 64, exclude=head)
+        return recipes.NF4(block_size=64 if args.group_size in (None, "auto") else args.group_size,
+                           exclude=head)
     if args.recipe == "llm-int8":
         return recipes.LLMInt8(threshold=args.threshold, exclude=head)
     if args.recipe == "smoothquant":
@@ -146,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     def recipe_args(sp, required: bool):
-        sp.add_argument("--recipe", choices=RECIPES, required=required,
+        sp.add_argument("--recipe", required=required,
                         help="weight-only rtn | gptq | awq | hqq (--bits, --group-size); dynamic: "
-                             "W8A8 dynamic; nf4 (QLoRA, double quant); llm-int8; smoothquant (W8A8)")
+                             "W8A8 dynamic; nf4 (QLoRA, double quant); llm-int8; smoothquant (W8A8); "
+                             "or any recipe spec, e.g. gptq:w4g64, nf4:b64, w8a8:pertoken, static:histogram")
         sp.add_argument("--calib", type=int, default=128,
                         help=f"calibration sequences of 512 tokens for {', '.join(CALIBRATED)} (default 128)")
         sp.add_argument("--act-group-size", type=_group, default=64,
@@ -156,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--threshold", type=float, default=6.0, help="llm-int8 outlier threshold")
         sp.add_argument("--alpha", type=float, default=0.5, help="smoothquant migration strength")
         sp.add_argument("--bits", type=int, default=4, help="weight bits for rtn (2..8)")
-        sp.add_argument("--group-size", type=_group, default=128,
-                        help="elements per scale, or 'none' for per channel (default 128)")
+        sp.add_argument("--group-size", type=_group, default="auto",
+                        help="elements per scale, or 'none' for per channel (default: 128 below 8 "
+                             "bits, per channel at 8 bits: the formats with kernels)")
         sp.add_argument("--exclude", action="append", default=[], help="layer name pattern to keep float")
         sp.add_argument("--embeddings", action="store_true", help="also quantize embedding tables")
 
@@ -191,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _group(text: str):
     if text.lower() in ("none", "channel", "0"):
         return None
+    if text.lower() == "auto":
+        return "auto"
     try:
         return int(text)
     except ValueError:

@@ -162,15 +162,19 @@ class Recipe:
 
     def plan(self, model: nn.Module) -> Plan:
         """Per layer of the model: format, kernel, bytes, or why it stays float; quantizes nothing."""
-        plan = Plan(self.describe())
+        plan, owner = Plan(self.describe()), {}
         for name, module, selected, why in walk(model, self.layer_types, self.include, self.exclude):
             if selected:
-                plan.layers.append(self.layer_plan(name, module))
+                row = self.layer_plan(name, module)
             else:
                 shape = tuple(getattr(getattr(module, "weight", None), "shape", ()))
-                plan.layers.append(LayerPlan(name, type(module).__name__, shape, "float",
-                                             bytes=float_bytes(module),
-                                             float_bytes=float_bytes(module), reason=why))
+                row = LayerPlan(name, type(module).__name__, shape, "float", bytes=float_bytes(module),
+                                float_bytes=float_bytes(module), reason=why)
+            tied = owner.setdefault(id(getattr(module, "weight", None)), name)
+            if tied != name:  # a tied weight (output head = input embedding) is held once
+                row = dataclasses.replace(row, bytes=0, float_bytes=0,
+                                          reason=(row.reason + "; " if row.reason else "") + f"weight tied to {tied}")
+            plan.layers.append(row)
         return plan
 
     def apply(self, model: nn.Module, data) -> QuantReport:  # pragma: no cover - abstract
