@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import lowbit  # noqa: E402
 import results  # noqa: E402  (benchmarks/results.py)
 import lowbit.data  # noqa: E402
 import lowbit.nn  # noqa: E402
+from lowbit.doctor import machine  # noqa: E402
 from lowbit.eval import cosine_agreement, kl_divergence, top1_agreement  # noqa: E402
 from lowbit.io.onnx import export_onnx  # noqa: E402
 from lowbit.models import load_model  # noqa: E402
@@ -56,16 +56,6 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immu
           "retina", "colorwheel", "camera", "coins", "moon", "clock", "grass", "gravel", "brick",
           "cell", "page", "text")
 VERSION = getattr(lowbit, "__version__", "0.1.0")
-
-
-def machine() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
-    cpu = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")),
-               platform.processor())
-    return {"cores": os.cpu_count(), "threads": torch.get_num_threads(), "cpu": cpu,
-            "cpu_flags": [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags],
-            "loadavg_at_start": round(os.getloadavg()[0], 2), "torch": torch.__version__}
 
 
 # --- data -------------------------------------------------------------------------------
@@ -511,7 +501,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    base = {"machine": machine(), "lowbit_version": VERSION}
+    base = {"machine": dict(machine(), loadavg_at_start=round(os.getloadavg()[0], 2)), "lowbit_version": VERSION}
     rows = []
     for name, fn in (("fashion", fashion_rows), ("minilm", minilm_rows), ("efficientnet", efficientnet_rows),
                      ("sensitivity", sensitivity_rows)):
