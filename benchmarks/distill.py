@@ -43,14 +43,14 @@ def main() -> None:
     from lowbit.doctor import machine
     from lowbit.eval import evaluate_lm, footprint
     from lowbit.models import load_model
-    from lowbit.recipes import Distill, Sequence, WeightOnly
+    from lowbit.recipes import Sequence, from_spec
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import results  # noqa: E402
 
     teacher, tok = load_model("smollm2-135m")
-    recipe = Sequence(Distill(num_layers=args.layers, minutes=args.minutes, lr=args.lr, batch_size=4),
-                      WeightOnly(num_bits=args.bits, group_size=64, method="gptq", exclude=("lm_head",)))
+    recipe = from_spec(f"distill:num_layers={args.layers},minutes={args.minutes!r},lr={args.lr!r},batch_size=4"
+                       f"+gptq:w{args.bits}g64,exclude=lm_head")
     train = calibration_batches(tok, n=4096, seq_len=256, seed=3)
     calib = calibration_batches(tok, n=128, seq_len=512, seed=0)
     t0 = time.perf_counter()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -21,24 +20,13 @@ import torch
 import torch.nn.functional as F
 
 import lowbit.kernels as lk
+from lowbit.doctor import machine
 from lowbit.kernels import reference
 
 SHAPES = [(576, 576), (576, 1536), (1536, 576), (576, 49152), (4096, 4096), (4096, 11008)]
 QUICK_SHAPES = [(576, 1536), (4096, 11008)]
 BATCHES = (1, 8, 64)
-FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-                     "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
 PEER = f"torch.ao quantize_dynamic (torch {torch.__version__.split('+')[0]})"
-
-
-def machine() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
-    model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")),
-                 platform.processor())
-    return {"cores": os.cpu_count(), "threads": torch.get_num_threads(), "cpu": model,
-            "cpu_flags": [f for f in FLAGS_OF_INTEREST if f in flags],
-            "loadavg_at_start": os.getloadavg()[0], "torch": torch.__version__}
 
 
 def quantize_int8(w):  # symmetric per output channel
@@ -132,7 +120,8 @@ def time_round_robin(calls: list, x, budget_s: float, min_rounds: int) -> list[f
 
 def run(quick: bool) -> list[dict]:
     torch.set_num_threads(2)
-    info, version = machine(), getattr(__import__("lowbit"), "__version__", "0.1.0")
+    info = dict(machine(), loadavg_at_start=os.getloadavg()[0])
+    version = getattr(__import__("lowbit"), "__version__", "0.1.0")
     rows = []
     for K, N in QUICK_SHAPES if quick else SHAPES:
         ms = methods(K, N)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lowbit.doctor import machine
 from lowbit.kernels import cuda, reference
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 1536), (576, 49152)]  # (K, N)
@@ -31,12 +32,11 @@ ROTATE_BYTES = 256 * 2**20  # weight copies cycled per graph: several times H100
 NOMINAL_GBPS = {"H100 PCIe": 2000, "H100": 3350, "H200": 4800}
 
 
-def machine() -> dict:
-    props = torch.cuda.get_device_properties(0)
-    peak = next((v for k, v in NOMINAL_GBPS.items() if k in props.name), None)
-    return {"gpu": props.name, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "sm_count": props.multi_processor_count, "l2_mb": round(props.L2_cache_size / 2**20, 1),
-            "nominal_hbm_gbps": peak, "kernels": cuda.extension_status()[1]}
+def gpu_machine() -> dict:
+    """lowbit.doctor.machine("cuda") plus the nominal HBM bandwidth and the extension's status."""
+    info = machine("cuda")
+    peak = next((v for k, v in NOMINAL_GBPS.items() if k in info["gpu"]), None)
+    return {**info, "nominal_hbm_gbps": peak, "kernels": cuda.extension_status()[1]}
 
 
 def quantize_int8(w):  # symmetric per output channel
@@ -120,7 +120,7 @@ def time_method(call, x, weights, replays: int) -> tuple[float, float]:
 
 
 def run(quick: bool) -> list[dict]:
-    info, version = machine(), getattr(__import__("lowbit"), "__version__", "0.1.0")
+    info, version = gpu_machine(), getattr(__import__("lowbit"), "__version__", "0.1.0")
     peak = info["nominal_hbm_gbps"]
     rows = []
     for K, N in QUICK_SHAPES if quick else SHAPES:

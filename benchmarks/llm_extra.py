@@ -9,8 +9,11 @@ under the protocol of shared/DATA.md; rows merged into results/llm.json.
 Only the decoder linears are quantized: the tied embedding / output head stays fp32 ("head":
 "fp32" in every row). All models are evaluated in one lock-step pass against fp32. Rows with
 the same (method, num_bits, group_size) in results/llm.json are replaced, others kept; the file
-is written atomically. ``--alphas`` first runs a quick SmoothQuant alpha sweep (static, 4096
-tokens, 32 calibration sequences) and reports it in results/llm_extra_alpha.json. ``--kernels``
+is written atomically (the quantize / evaluate / footprint / decode loop is
+``lowbit.compare.compare_lm``). ``--alphas`` first picks SmoothQuant's alpha on CALIBRATION
+data only (statistics from 32 calibration windows, perplexity on 8 other calibration windows of
+emma + mansfieldpark; the evaluation novel is never seen) and reports the sweep in
+results/llm_extra_alpha.json. ``--kernels``
 times the NF4 kernel against bf16/fp32 F.linear at batch 1 -> results/nf4_kernel.json.
 """
 from __future__ import annotations
@@ -26,53 +29,55 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import lowbit
 import results  # benchmarks/results.py
+from lowbit.compare import compare_lm
 from lowbit.data import calibration_batches, eval_tokens
 from lowbit.doctor import machine
-from lowbit.eval import decode_speed, evaluate_lm, footprint, timed, track_peak_rss
 from lowbit.models import load_model
-from lowbit.recipes import WeightOnly
-from lowbit.recipes.llm import NF4, LLMInt8, SmoothQuant, StaticW8A8
+from lowbit.recipes import from_spec
 
 MODEL = "smollm2-135m"
-HEAD = ("lm_head",)
+HEAD = "exclude=lm_head"
 
 
-def recipes(alpha: float) -> dict[str, tuple[object, dict]]:
-    """name -> (recipe, the row's method/num_bits/group_size)."""
+def recipes(alpha: float) -> dict[str, tuple[str, dict]]:
+    """name (for --methods) -> (recipe spec, the row's method/num_bits/group_size)."""
     return {
-        "llm_int8": (LLMInt8(threshold=6.0, exclude=HEAD),
-                     {"method": "llm_int8 (threshold 6)", "num_bits": 8, "group_size": None}),
-        "nf4": (NF4(block_size=64, double_quant=True, exclude=HEAD),
-                {"method": "nf4 + double quant", "num_bits": 4, "group_size": 64}),
-        "rtn4": (WeightOnly(num_bits=4, group_size=64, symmetric=True, exclude=HEAD),
-                 {"method": "rtn sym", "num_bits": 4, "group_size": 64}),
-        "smoothquant": (SmoothQuant(alpha=alpha, act_mode="static", exclude=HEAD),
+        "llm_int8": ("llm-int8", {"method": "llm_int8 (threshold 6)", "num_bits": 8, "group_size": None}),
+        "nf4": ("nf4", {"method": "nf4 + double quant", "num_bits": 4, "group_size": 64}),
+        "rtn4": (f"rtn:w4g64,sym,{HEAD}", {"method": "rtn sym", "num_bits": 4, "group_size": 64}),
+        "smoothquant": (f"smoothquant:a{alpha!r}",
                         {"method": f"smoothquant w8a8 static per-tensor (alpha {alpha:g})",
                          "num_bits": 8, "group_size": None}),
-        "smoothquant_dynamic": (SmoothQuant(alpha=alpha, act_mode="dynamic", exclude=HEAD),
+        "smoothquant_dynamic": (f"smoothquant:a{alpha!r},dynamic",
                                 {"method": f"smoothquant w8a8 dynamic per-token (alpha {alpha:g})",
                                  "num_bits": 8, "group_size": None}),
-        "w8a8_static": (StaticW8A8(exclude=HEAD),
+        "w8a8_static": ("static-w8a8",
                         {"method": "w8a8 static per-tensor (naive)", "num_bits": 8, "group_size": None}),
     }
 
 
 def alpha_sweep(model, tokenizer, alphas: list[float], out: Path) -> float:
-    calib = calibration_batches(tokenizer, n=32, seq_len=512, seed=0)
-    tokens = eval_tokens(tokenizer, num_tokens=4096)
-    models = {"fp32": model}
-    for a in alphas:
-        models[f"alpha {a:g}"] = lowbit.quantize(model, SmoothQuant(alpha=a, exclude=HEAD), data=calib)
-    models["naive static"] = lowbit.quantize(model, StaticW8A8(exclude=HEAD), data=calib)
-    res = evaluate_lm(models, tokens, reference="fp32")
-    rows = [{"setting": n, "ppl": r.ppl, "kl": r.kl, "tokens": 4096, "calib": "32 x 512"} for n, r in res.items()]
+    """SmoothQuant's alpha chosen on calibration data alone, never on the evaluation tokens.
+
+    40 windows of 512 tokens are drawn from the calibration novels (seed 0): the first 32 give
+    the activation statistics, the other 8 (4096 tokens, not used for statistics) are the
+    held-out text whose perplexity picks alpha.
+    """
+    draw = calibration_batches(tokenizer, n=40, seq_len=512, seed=0)
+    stats, held_out = draw[:32], draw[32:].reshape(-1)
+    candidates = {f"alpha {a:g}": from_spec(f"smoothquant:a{a!r}") for a in alphas}
+    candidates["naive static"] = from_spec("static-w8a8")
+    res = compare_lm(model, tokenizer, held_out, candidates, model_name="SmolLM2-135M-Instruct",
+                     calibration=stats, speed=False)
+    rows = [{"setting": r["method"], "ppl": r["ppl"], "kl": r["kl"], "tokens": int(held_out.numel()),
+             "tokens_from": "held-out calibration windows (emma+mansfieldpark, seed 0, 8 x 512)",
+             "calib": "32 x 512"} for r in res]
     out.write_text(json.dumps(rows, indent=1))
     for r in rows:
         logging.info("alpha sweep: %s", r)
-    best = min(alphas, key=lambda a: res[f"alpha {a:g}"].ppl)
-    return best
+    ppl = {r["setting"]: r["ppl"] for r in rows}
+    return min(alphas, key=lambda a: ppl[f"alpha {a:g}"])
 
 
 def nf4_kernel_rows(rounds: int = 100) -> list[dict]:
@@ -131,32 +136,18 @@ def main() -> None:
     calib = calibration_batches(tokenizer, n=args.calib, seq_len=512, seed=0)
     tokens = eval_tokens(tokenizer, num_tokens=args.tokens)
     table = recipes(args.alpha)
-    models, rows = {"fp32": model}, {}
-    for name in args.methods.split(","):
-        recipe, row = table[name]
-        with track_peak_rss() as rss, timed() as t:
-            models[name] = lowbit.quantize(model, recipe, data=calib if recipe.needs_data else None)
-        fp = footprint(models[name])
-        rows[name] = {**row, "tool": "lowbit", "model": "SmolLM2-135M-Instruct", "head": "fp32",
-                      "bpw_model": fp.bpw_model, "bpw_linears": fp.bpw_linears,
-                      "quant_s": t.seconds, "peak_rss_mb": rss.peak_mb,
-                      # the process also holds fp32 and the models quantized before this one
-                      "peak_rss_increase_mb": rss.increase_mb,
-                      "kernel": models[name].lowbit_report.quantized[0].kernel,
-                      "eval_tokens": args.tokens, "calibration": f"{args.calib} x 512 seed 0"}
-        logging.info("%s: quantized in %.1f s, %.3f bpw linears", name, t.seconds, fp.bpw_linears)
-    evals = evaluate_lm(models, tokens, reference="fp32")
-    logging.info("fp32 ppl %.3f", evals["fp32"].ppl)
-    for name, row in rows.items():
-        r = evals[name]
-        row.update(ppl=r.ppl, kl=r.kl, top1_agreement=r.top1_agreement,
-                   ppl_vs_fp32=r.ppl / evals["fp32"].ppl - 1)
-        if not args.no_decode:
-            row["decode_tok_s"] = decode_speed(models[name], tokenizer).decode_tok_s
-        row.update(machine=machine(), lowbit_version=lowbit.__version__, loadavg=os.getloadavg()[0])
+    names = [n for n in args.methods.split(",") if n]
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown --methods {', '.join(unknown)}; known: {', '.join(table)}")
+    rows = compare_lm(model, tokenizer, tokens, {n: from_spec(table[n][0]) for n in names},
+                      model_name="SmolLM2-135M-Instruct", calibration=calib, speed=not args.no_decode,
+                      fields={n: table[n][1] for n in names}, reference_row=False,
+                      common={"tool": "lowbit", "head": "fp32", "eval_tokens": args.tokens,
+                              "calibration": f"{args.calib} x 512 seed 0"})
+    for row in rows:
         logging.info("%s", {k: v for k, v in row.items() if k != "machine"})
-    results.merge(args.out, list(rows.values()), key=("method", "num_bits", "group_size"))
-
+    results.merge(args.out, rows, key=("method", "num_bits", "group_size"))
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,12 +41,12 @@ import lowbit  # noqa: E402
 import results  # noqa: E402  (benchmarks/results.py)
 import lowbit.data  # noqa: E402
 import lowbit.nn  # noqa: E402
+from lowbit.doctor import machine  # noqa: E402
 from lowbit.eval import cosine_agreement, kl_divergence, top1_agreement  # noqa: E402
 from lowbit.io.onnx import export_onnx  # noqa: E402
 from lowbit.models import load_model  # noqa: E402
 from lowbit.nn.static import float_crossings  # noqa: E402
-from lowbit.recipes.static import StaticPTQ  # noqa: E402
-from lowbit.recipes.weight_only import DynamicPTQ  # noqa: E402
+from lowbit.recipes import from_spec  # noqa: E402
 
 log = logging.getLogger("ptq")
 OBSERVERS = ("minmax", "moving_average", "percentile", "histogram", "mse")
@@ -56,16 +55,6 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immu
           "retina", "colorwheel", "camera", "coins", "moon", "clock", "grass", "gravel", "brick",
           "cell", "page", "text")
 VERSION = getattr(lowbit, "__version__", "0.1.0")
-
-
-def machine() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
-    cpu = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")),
-               platform.processor())
-    return {"cores": os.cpu_count(), "threads": torch.get_num_threads(), "cpu": cpu,
-            "cpu_flags": [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags],
-            "loadavg_at_start": round(os.getloadavg()[0], 2), "torch": torch.__version__}
 
 
 # --- data -------------------------------------------------------------------------------
@@ -287,7 +276,7 @@ def efficientnet_rows(args, base: dict) -> list[dict]:
                      top1_agreement=1.0, kl=0.0))
     def lowbit_row(observer):
         start = time.perf_counter()
-        q = lowbit.quantize(model, StaticPTQ(observer=observer), data=calib_batches)
+        q = lowbit.quantize(model, from_spec(f"static:{observer}"), data=calib_batches)
         quant_s = time.perf_counter() - start
         got = {k: logits_of(q, x) for k, x in sets.items()}
         rows.append(dict(common, method=f"static int8 ({observer})", tool="lowbit",
@@ -413,7 +402,7 @@ def fashion_rows(args, base: dict) -> list[dict]:
     rows = [dict(common, method="fp32", tool=f"torch {torch.__version__}", num_bits=32,
                  accuracy=fp32_acc, eval_images=n)]
     for observer in OBSERVERS:
-        q = lowbit.quantize(model, StaticPTQ(observer=observer), data=calib_batches)
+        q = lowbit.quantize(model, from_spec(f"static:{observer}"), data=calib_batches)
         got = logits_of(q, x, 500)
         rows.append(dict(common, method=f"static int8 ({observer})", tool="lowbit", num_bits=8,
                          accuracy=acc(q), accuracy_drop_points=round(100 * (fp32_acc - acc(q)), 2),
@@ -428,7 +417,7 @@ def minilm_rows(args, base: dict) -> list[dict]:
     model.eval()
     lines = [l.strip() for l in lowbit.data.austen("emma") if len(l.split()) >= 6]
     sentences = lines[:400 if args.quick else 2000]
-    q = lowbit.quantize(model, DynamicPTQ(act_group_size=None))   # per token: cosine 0.996 needs no groups
+    q = lowbit.quantize(model, from_spec("w8a8:act_group_size=none"))  # per token: cosine 0.996 needs no groups
 
     @torch.inference_mode()
     def embed(m, texts):
@@ -511,7 +500,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    base = {"machine": machine(), "lowbit_version": VERSION}
+    base = {"machine": dict(machine(), loadavg_at_start=round(os.getloadavg()[0], 2)),
+            "lowbit_version": VERSION}
     rows = []
     for name, fn in (("fashion", fashion_rows), ("minilm", minilm_rows), ("efficientnet", efficientnet_rows),
                      ("sensitivity", sensitivity_rows)):

@@ -54,7 +54,7 @@ from lowbit.fold import fold_model, trace_pairs  # noqa: E402
 from lowbit.nn.swap import set_submodule  # noqa: E402
 from lowbit.qat import (QAT, QATConv2d, QATConvBn2d, QATLinear, distillation_loss, fit,  # noqa: E402
                         prepare_qat)
-from lowbit.recipes.static import StaticPTQ  # noqa: E402
+from lowbit.recipes import from_spec  # noqa: E402
 
 log = logging.getLogger("qat")
 MODEL = "fashion-cnn"
@@ -361,7 +361,7 @@ def run_setting(b: Bench, setting: Setting, learns: tuple, kd: bool) -> dict:
 def run_int8(b: Bench, trained: dict) -> None:
     """The W8A8 QAT-trained float weights on lowbit's real int8 kernels (StaticPTQ)."""
     for label, (q, seconds) in trained.items():
-        int8 = lowbit.quantize(unwrap_qat(q), StaticPTQ(observer="minmax"), data=[b.calib])
+        int8 = lowbit.quantize(unwrap_qat(q), from_spec("static:minmax"), data=[b.calib])
         kernels = sorted({r.kernel for r in int8.lowbit_report.quantized})
         b.add(f"QAT W8A8 ({label}) -> real int8 kernels", "lowbit", 8, 8,
               test_accuracy(int8, b.n_eval),
@@ -385,7 +385,7 @@ def run_int8_bn(b: Bench) -> None:
               f"on batch statistics until frozen at 50%; learn={learn}; cross-entropy; "
               f"{b.schedule.describe()}; observers frozen at 80%", b.schedule.steps, seconds,
               formats=formats_of(q))
-        int8 = lowbit.quantize(unwrap_qat(q), StaticPTQ(observer="minmax"), data=[b.calib])
+        int8 = lowbit.quantize(unwrap_qat(q), from_spec("static:minmax"), data=[b.calib])
         b.add(f"QAT W8A8 ({label}, BN folding simulated) -> real int8 kernels", "lowbit", 8, 8,
               test_accuracy(int8, b.n_eval),
               "real int8 kernels: StaticPTQ(observer='minmax') folds the trained BN into the trained "

@@ -53,7 +53,7 @@ def main() -> None:
     from lowbit.models import load_model
     from lowbit.nn import QLinear
     from lowbit.qat import QAT, convert, distillation_loss, fit, freeze_observers, prepare_qat
-    from lowbit.recipes import WeightOnly
+    from lowbit.recipes import from_spec
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import results  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    recipe = WeightOnly(num_bits=args.bits, group_size=64, method=args.init, exclude=("lm_head",))
+    recipe = from_spec(f"{args.init}:w{args.bits}g64,exclude=lm_head")
     calib = calibration_batches(tok, n=args.calib, seq_len=512, seed=0) if recipe.needs_data else None
     start_q = lowbit.quantize(teacher, recipe, data=calib)
     init = {n: m.weight for n, m in start_q.named_modules() if isinstance(m, QLinear)}

@@ -7,6 +7,7 @@ Rows follow the ``results/*.json`` format of DATA.md.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from tqdm import tqdm
@@ -29,28 +30,51 @@ def recipe_fields(recipe: Recipe | None) -> dict:
     return {"num_bits": fmt.num_bits, "group_size": fmt.group_size}
 
 
-def compare_lm(model, tokenizer, tokens: torch.Tensor, recipes: dict[str, Recipe], *,
-               model_name: str, calibration=None, repeats: int = 3, speed: bool = True) -> list[dict]:
-    """Quantize ``model`` with each recipe, evaluate all against fp32; one row per method."""
-    models, rows = {"fp32": model}, {"fp32": {"method": "fp32", **recipe_fields(None)}}
+def _quantize_all(model, recipes: dict[str, Recipe], calibration) -> tuple[dict, dict]:
+    """``{name: quantized model}`` and ``{name: row fields}`` (time, memory, kernels) per recipe."""
+    models, rows = {}, {}
     for name, recipe in tqdm(recipes.items(), desc="quantize", unit="recipe", disable=None):
+        data = calibration.get(name) if isinstance(calibration, dict) else calibration
         with timed() as t, track_peak_rss() as rss:
-            models[name] = quantize(model, recipe, data=calibration)
+            models[name] = quantize(model, recipe, data=data if recipe.needs_data else None)
         rows[name] = {"method": name, **recipe_fields(recipe), "quant_s": t.seconds,
-                      "peak_rss_mb": rss.peak_mb,
+                      "peak_rss_mb": rss.peak_mb, "peak_rss_increase_mb": rss.increase_mb,
                       "kernels": sorted({r.kernel for r in models[name].lowbit_report.quantized})}
+        log.info("%s: quantized in %.1f s", name, t.seconds)
+    return models, rows
+
+
+def compare_lm(model, tokenizer, tokens: torch.Tensor, recipes: dict[str, Recipe], *,
+               model_name: str, calibration=None, repeats: int = 3, speed: bool = True,
+               fields: dict[str, dict] | None = None, common: dict | None = None,
+               reference_row: bool = True) -> list[dict]:
+    """Quantize ``model`` with each recipe, evaluate all against fp32; one row per method.
+
+    ``calibration``: one batch for every recipe that needs data, or ``{name: batch}``.
+    ``speed=False`` skips the batch-1 decode timing. ``fields[name]`` overrides that row's
+    fields (e.g. its ``method`` label); ``common`` is added to every row. ``reference_row=False``
+    leaves the fp32 row out (it is still the reference of KL and ``ppl_vs_fp32``).
+    """
+    quantized, rows = _quantize_all(model, recipes, calibration)
+    models = {"fp32": model, **quantized}
+    rows = {"fp32": {"method": "fp32", **recipe_fields(None)}, **rows}
+    for name, extra in (fields or {}).items():
+        rows[name].update(extra)
     quality = evaluate_lm(models, tokens, reference="fp32")
-    common = {"model": model_name, "tool": f"lowbit {__version__}", "lowbit_version": __version__,
-              "machine": machine(), "eval_tokens": int(tokens.numel())}
+    shared = {"model": model_name, "tool": f"lowbit {__version__}", "lowbit_version": __version__,
+              "machine": machine(), "eval_tokens": int(tokens.numel()), **(common or {})}
     out = []
     for name, m in models.items():
-        fp = footprint(m)
-        row = {**common, **rows[name], "ppl": quality[name].ppl, "kl": quality[name].kl,
-               "top1_agreement": quality[name].top1_agreement, "size_mb": fp.size_mb,
+        if name == "fp32" and not reference_row:
+            continue
+        fp, q = footprint(m), quality[name]
+        row = {**shared, **rows[name], "ppl": q.ppl, "kl": q.kl, "top1_agreement": q.top1_agreement,
+               "ppl_vs_fp32": q.ppl / quality["fp32"].ppl - 1, "size_mb": fp.size_mb,
                "bpw_model": fp.bpw_model, "bpw_linears": fp.bpw_linears}
         if speed:
             s = decode_speed(m, tokenizer, repeats=repeats)
             row.update(decode_tok_s=s.decode_tok_s, prefill_tok_s=s.prefill_tok_s)
+        row["loadavg"] = os.getloadavg()[0]
         out.append(row)
     return out
 

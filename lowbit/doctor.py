@@ -1,6 +1,7 @@
 """``lowbit doctor``: before anything runs, what each layer would become and which kernel runs it."""
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -8,22 +9,42 @@ from torch import nn
 
 from . import kernels
 
-_FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2", "fma")
+_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16",
+          "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def _cpuinfo(key: str) -> str:
+    """The first ``key : value`` of /proc/cpuinfo ('' where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":")[0].strip() == key), "")
+    except OSError:
+        return ""
 
 
 def cpu_flags() -> list[str]:
     """The CPU features lowbit's kernels care about, as /proc/cpuinfo names them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = set(_cpuinfo("flags").split())
     return [f for f in _FLAGS if f in flags]
 
 
-def machine() -> dict:
-    return {"cores": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+def machine(device: str = "cpu") -> dict:
+    """What a result row records about the machine that measured it (the one definition).
+
+    ``cores`` is the torch thread count the process runs with (what the measurement used),
+    ``logical_cpus`` the machine's; ``cpu`` the model name from /proc/cpuinfo. With
+    ``device="cuda"`` the GPU's name, CUDA version, SM count and L2 size are added.
+    """
+    info = {"cores": torch.get_num_threads(), "logical_cpus": os.cpu_count(),
+            "cpu": _cpuinfo("model name") or platform.processor() or platform.machine(),
             "cpu_flags": cpu_flags(), "torch": torch.__version__}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, cuda=torch.version.cuda, sm_count=props.multi_processor_count,
+                    l2_mb=round(props.L2_cache_size / 2**20, 1))
+    elif device != "cpu":
+        raise ValueError(f"machine(device=...) expects 'cpu' or 'cuda', got {device!r}")
+    return info
 
 
 def kernel_table() -> str:
