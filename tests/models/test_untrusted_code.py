@@ -30,7 +30,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
 import lowbit
 from lowbit.models import hf, load_gguf, load_hf_folder, load_model
-from lowbit.models.hf import NO_CODE, build_model_from_config, check_folder, load_checkpoint_tokenizer
+from lowbit.models.hf import (NO_CODE, build_model_from_config, check_folder,
+                              load_checkpoint_tokenizer)
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIL = """\
@@ -75,9 +76,11 @@ def plant(folder: Path, how: str, marker: Path) -> None:
             "tokenizer_class": "EvilTokenizer",
             "auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}}))
     elif how == "tokenizer_class_bypass":
-        (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "AutoProcessor"}))
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({"tokenizer_class": "AutoProcessor"}))
         (folder / "processor_config.json").write_text(json.dumps({
-            "processor_class": "EvilProcessor", "auto_map": {"AutoProcessor": "evil.EvilProcessor"}}))
+            "processor_class": "EvilProcessor",
+            "auto_map": {"AutoProcessor": "evil.EvilProcessor"}}))
     else:
         raise AssertionError(how)
     if config:
@@ -169,7 +172,8 @@ def planted(clean, tmp_path, monkeypatch):
     tmp_path so nothing would land in the home folder even if a check failed.
     """
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))
-    monkeypatch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE",
+                        str(tmp_path / "modules"))
 
     def make(kind: str, how: str):
         folder = shutil.copytree(clean / kind, tmp_path / kind)
@@ -247,8 +251,9 @@ def test_the_config_plant_is_live_in_plain_transformers(planted):
     """The premise: without lowbit's checks transformers asks, reads "y", and runs evil.py."""
     folder, marker = planted("ckpt", "config_auto_map")
     code = "import sys, transformers; transformers.AutoConfig.from_pretrained(sys.argv[1])"
+    env = {**os.environ, "HF_MODULES_CACHE": str(marker.parent / "modules")}
     r = subprocess.run([sys.executable, "-c", code, str(folder)], input="y\n", capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "HF_MODULES_CACHE": str(marker.parent / "m")})
+                       text=True, timeout=300, env=env)
     assert "[y/N]" in r.stdout and marker.read_text() == "evil.py ran", r.stderr
 
 
@@ -268,14 +273,16 @@ def test_clean_folders_load_the_same_model(clean, tiny):
 
 @pytest.mark.parametrize("name", ["pipeline", "AutoModel", "BertModel", "LlamaPreTrainedModel",
                                   "__class__", "LlamaForCausalLM; import os", ["LlamaForCausalLM"]])
-def test_checkpoint_model_class_must_be_the_configs_architecture(clean, tmp_path, monkeypatch, name):
+def test_checkpoint_model_class_must_be_the_configs_architecture(clean, tmp_path, monkeypatch,
+                                                                 name):
     called = []
     monkeypatch.setattr(transformers, "pipeline", lambda *a, **k: called.append(a))
     folder = shutil.copytree(clean / "ckpt", tmp_path / "ckpt")
     meta = json.loads((folder / "lowbit.json").read_text())
     meta["model"]["class"] = name
     (folder / "lowbit.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"model_type 'llama'; expected one of \[.*'LlamaForCausalLM'"):
+    expected = r"model_type 'llama'; expected one of \[.*'LlamaForCausalLM'"
+    with pytest.raises(ValueError, match=expected):
         lowbit.load(folder)
     assert not called
 
@@ -284,7 +291,7 @@ def test_model_class_must_be_a_pretrained_model(clean, monkeypatch):
     called = []
     monkeypatch.setattr(transformers, "pipeline", lambda *a, **k: called.append(a))
     monkeypatch.setattr(hf, "_model_classes", lambda model_type: {"pipeline"})
-    with pytest.raises(ValueError, match="transformers.pipeline is .* not a PreTrainedModel subclass"):
+    with pytest.raises(ValueError, match="transformers.pipeline is .* not a PreTrainedModel"):
         build_model_from_config(clean / "hf", "pipeline")
     assert not called
 
@@ -299,7 +306,8 @@ def test_build_model_from_config_builds_any_class_of_that_model_type(clean, tiny
 
 def test_unshipped_model_type_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "evil", "hidden_size": 8}))
-    with pytest.raises(ValueError, match=f"model_type 'evil' is not an architecture transformers .* {NO_CODE}"):
+    expected = f"model_type 'evil' is not an architecture transformers .* {NO_CODE}"
+    with pytest.raises(ValueError, match=expected):
         check_folder(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
     with pytest.raises(ValueError, match="model_type None is not an architecture"):
@@ -307,7 +315,8 @@ def test_unshipped_model_type_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("config,match", [
-    ({"model_type": "llava", "text_config": {"model_type": "llama", "auto_map": {"AutoConfig": "e.C"}}},
+    ({"model_type": "llava",
+      "text_config": {"model_type": "llama", "auto_map": {"AutoConfig": "e.C"}}},
      "asks to import Python code"),
     ({"model_type": "llama", "tokenizer_class": "AutoProcessor"}, "not a tokenizer class"),
     ({"model_type": "llama", "tokenizer_class": "a.b:c"}, "must be a class name"),
