@@ -68,13 +68,10 @@ def load_any(spec: str):
 
     path = Path(spec)
     if (path / io.checkpoint.META).is_file():
-        model = io.load(path)
-        tokenizer = None
-        if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-            from transformers import AutoTokenizer
+        from .models.hf import load_checkpoint_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        return model.eval(), tokenizer
+        model = io.load(path)
+        return model.eval(), load_checkpoint_tokenizer(path)
     return load_model(spec)
 
 

@@ -275,13 +275,9 @@ def _build_model(path: Path, meta) -> nn.Module:
         raise CheckpointError(
             f"{path} holds a {meta['model']['class']}: pass a float instance of it, "
             f"lowbit.load(path, model=MyModel())")
-    import transformers
+    from ..models.hf import build_model_from_config  # checks config.json; runs no folder code
 
-    config = transformers.AutoConfig.from_pretrained(path)
-    cls = getattr(transformers, meta["model"]["class"], None)
-    if cls is None:
-        raise CheckpointError(f"{path}: transformers has no class {meta['model']['class']}")
-    return cls(config).eval()
+    return build_model_from_config(path, meta["model"]["class"])
 
 
 def write_folder(path: str | os.PathLike, write, *, marker: str) -> Path:
