@@ -271,13 +271,14 @@ def _model_kind(model: nn.Module) -> dict:
 
 
 def _build_model(path: Path, meta) -> nn.Module:
-    if meta["model"]["kind"] != "huggingface":
+    kind, name = meta["model"].get("kind"), meta["model"].get("class")
+    if kind != "huggingface":
         raise CheckpointError(
-            f"{path} holds a {meta['model']['class']}: pass a float instance of it, "
+            f"{path} holds a {name!r} ({kind}): pass a float instance of it, "
             f"lowbit.load(path, model=MyModel())")
     from ..models.hf import build_model_from_config  # checks config.json; runs no folder code
 
-    return build_model_from_config(path, meta["model"]["class"])
+    return build_model_from_config(path, name)
 
 
 def write_folder(path: str | os.PathLike, write, *, marker: str) -> Path:
