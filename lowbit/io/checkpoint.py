@@ -123,11 +123,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         state[key] = tensors[target]
     if model is None:
         model = _build_model(path, meta)
-    for name in meta["identity"]:
-        _find(model, name, path)
-        set_submodule(model, name, nn.Identity())
     for name, entry in sorted(meta["wrappers"].items(), key=lambda kv: kv[0].count(".")):
         set_submodule(model, name, _wrap(name, entry, _find(model, name, path), path))
+    for name in meta["identity"]:  # after the wrappers: a LoRA adapter's dropout may be one
+        _find(model, name, path)
+        set_submodule(model, name, nn.Identity())
     built: dict[str, QTensor] = {}
     order = lambda kv: (isinstance(kv[1], dict) and "weight_tied_to" in kv[1], kv[0].count("."))  # noqa: E731
     for name, entry in sorted(meta["layers"].items(), key=order):

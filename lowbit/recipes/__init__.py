@@ -6,10 +6,12 @@ and plans what it will do before doing it (``recipe.plan(model)``).
 from .base import ActivationQuant, LayerPlan, Plan, Recipe, quantize
 from .distill import Distill, Sequence
 from .llm import NF4, LLMInt8, SmoothQuant, StaticW8A8
+from .qat import QAT
+from .qlora import QLoRA
 from .registry import REGISTRY, from_spec, register, to_spec
 from .static import StaticPTQ
 from .weight_only import DynamicPTQ, WeightOnly
 
 __all__ = ["ActivationQuant", "LayerPlan", "Plan", "Recipe", "quantize", "from_spec", "to_spec",
            "register", "REGISTRY", "WeightOnly", "DynamicPTQ", "NF4", "LLMInt8", "SmoothQuant",
-           "StaticW8A8", "StaticPTQ", "Distill", "Sequence"]
+           "StaticW8A8", "StaticPTQ", "QAT", "QLoRA", "Distill", "Sequence"]
