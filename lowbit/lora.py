@@ -103,6 +103,10 @@ class LoRALinear(nn.Module):
         h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
         return y + (F.linear(h, self.lora_B) * self.scaling).to(y.dtype)
 
+    def kernel(self, x: torch.Tensor | None = None) -> str:
+        """The base layer's kernel (the adapter is two small float matmuls beside it)."""
+        return self.base.kernel(x) if hasattr(self.base, "kernel") else "F.linear (float)"
+
     def config_dict(self) -> dict:
         return asdict(self.config)
 

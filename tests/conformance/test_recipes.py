@@ -28,6 +28,8 @@ EXAMPLES = {
     "static-w8a8": ("static-w8a8", ("lm",)),
     "static": ("static:minmax", ("cnn",)),
     "distill": ("distill:num_layers=1,max_steps=1,batch_size=2+rtn:w8", ("lm",)),
+    "qat": ("qat:w4g32,max_steps=2,batch_size=4", ("lm",)),
+    "qlora": ("qlora:b32,rank=4,max_steps=1,batch_size=4", ("lm",)),
 }
 CASES = [(name, kind) for name, (_, kinds) in EXAMPLES.items() for kind in kinds]
 
