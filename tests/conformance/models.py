@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -53,6 +54,31 @@ def encoder():
     model = BertModel(config).eval()
     data = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
     return model, data, {"input_ids": data[:2]}
+
+
+class Net(nn.Module):
+    def __init__(self, odd_layer: nn.Module | None = None):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.odd = odd_layer or nn.Conv2d(16, 16, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(x, 2)
+        x = x + self.bn2(self.conv2(x))
+        x = self.act(self.odd(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def _trained_stats(model):
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.running_mean.uniform_(-0.2, 0.2)
+    return model.eval()
 
 
 KINDS = {"lm": decoder_lm, "cnn": cnn, "encoder": encoder}

@@ -10,6 +10,8 @@ from lowbit.formats import int_format
 from lowbit.nn.static import (Observed, QActivation, QConv2dStatic, QLinearStatic,
                               activation_format, convert_observed, dequantize_u8, quantize_u8)
 from lowbit.observers import MinMax
+
+from conformance.models import Net, _trained_stats
 from lowbit.qtensor import QTensor
 from lowbit.recipes.static import StaticPTQ
 
@@ -103,31 +105,6 @@ def test_not_calibrated_error_names_the_layer():
                    MinMax(name="stem input"), MinMax(name="stem output"))
     with pytest.raises(RuntimeError, match="'stem input' is not calibrated: run calibration data"):
         convert_observed(obs)
-
-
-class Net(nn.Module):
-    def __init__(self, odd_layer: nn.Module | None = None):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.odd = odd_layer or nn.Conv2d(16, 16, 3, padding=1)
-        self.act = nn.ReLU()
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.act(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(x, 2)
-        x = x + self.bn2(self.conv2(x))
-        x = self.act(self.odd(x))
-        return self.fc(x.mean((2, 3)))
-
-
-def _trained_stats(model):
-    with torch.no_grad():
-        for bn in (model.bn1, model.bn2):
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.running_mean.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 def test_static_ptq_end_to_end_int8_flows_and_matches_float():

@@ -6,7 +6,7 @@ from torch import nn
 import lowbit
 from lowbit.recipes.static import StaticPTQ
 
-from .test_static import Net, _trained_stats
+from conformance.models import Net, _trained_stats
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
