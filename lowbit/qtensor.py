@@ -123,11 +123,11 @@ class QTensor:
             out[prefix + "offset"] = self.offset
         return out
 
-    def describe(self) -> dict:
+    def layout(self) -> dict:
         """JSON-able description (format and shapes), the inverse of :meth:`from_tensors`."""
         d = {"format": self.format.to_dict(), "shape": list(self.shape)}
         if isinstance(self.scale, QTensor):
-            d["scale"] = self.scale.describe()
+            d["scale"] = self.scale.layout()
         return d
 
     @classmethod

@@ -66,7 +66,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, tokenizer=None) -> Path:
             entry["weight_tied_to"] = seen[id(mod.weight)]
         else:
             seen[id(mod.weight)] = name
-            entry["weight"] = mod.weight.describe()
+            entry["weight"] = mod.weight.layout()
         layers[name] = entry
     tensors, aliases = _dedupe(model.state_dict())
     meta = {

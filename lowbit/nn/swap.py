@@ -135,7 +135,7 @@ def swap_modules(
             report.layers.append(LayerReport(name, kind, "skipped", reason=str(err)))
             continue
         set_submodule(model, name, new)
-        report.layers.append(describe(name, kind, new))
+        report.layers.append(layer_report(name, kind, new))
         del module, new
         release_freed_memory()
     if not report.quantized:
@@ -160,7 +160,7 @@ def _check_literal_includes(model: nn.Module, types, include) -> None:
             )
 
 
-def describe(name: str, kind: str, module: nn.Module) -> LayerReport:
+def layer_report(name: str, kind: str, module: nn.Module) -> LayerReport:
     if hasattr(module, "lowbit_describe"):  # layers that are not (yet) packed, e.g. QAT
         label, kernel, bpw = module.lowbit_describe()
         return LayerReport(name, kind, "quantized", label, kernel, bpw)

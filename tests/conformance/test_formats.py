@@ -26,7 +26,7 @@ def test_round_trip_is_bit_exact(name, rows, groups, seed):
     x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
     q = QTensor.from_float(x, fmt)
     q.validate()
-    back = QTensor.from_tensors({k: v.clone() for k, v in q.tensors().items()}, q.describe())
+    back = QTensor.from_tensors({k: v.clone() for k, v in q.tensors().items()}, q.layout())
     back.validate()
     assert torch.equal(back.dequantize(), q.dequantize())
     assert all(torch.equal(a, b) for a, b in zip(q.tensors().values(), back.tensors().values()))
@@ -35,7 +35,7 @@ def test_round_trip_is_bit_exact(name, rows, groups, seed):
 @pytest.mark.parametrize("name", sorted(NAMED_FORMATS))
 def test_validate_rejects_contradicting_tensors(name):
     q = QTensor.from_float(torch.randn(4, 64), _fmt_for(name, 64))
-    tensors, desc = q.tensors(), q.describe()
+    tensors, desc = q.tensors(), q.layout()
     bad = dict(tensors, data=tensors["data"][:, :-1].clone())  # a column short
     with pytest.raises(ValueError, match="data: a .* stores"):
         QTensor.from_tensors(bad, desc).validate()
