@@ -1,44 +1,32 @@
 """Layer-by-layer calibration of decoder language models, for GPTQ- and AWQ-style algorithms.
 
-The runner finds the model's decoder blocks (the ``nn.ModuleList`` of repeated layers) and their
-linear layers generically, captures the inputs of block 0 once, and then, block by block:
-
-1. collects the input statistics of each group of linears that share one input (q/k/v, then
-   o, then gate/up, then down: the order of the block's forward), with the linears before them
-   already quantized ("true-sequential", Frantar et al., 2022);
-2. hands each linear's float weight ``[out, in]`` and its statistics to an algorithm, writes the
-   dequantized result back so later groups and blocks see the quantized model;
-3. re-runs the block to give the next block its inputs (GPTQ's sequential mode).
-
-Only one block's activations are held at a time. With a ``scale_search`` (AWQ), per-input-channel
-scales are searched on the float block first and folded into the op that produces the group's
-input, where a numerical check shows that fold is exact (a norm, or a linear whose output feeds
-the group through a channel-wise op such as ``act(gate) * up``).
+:class:`BlockRunner` finds the decoder blocks (the ``nn.ModuleList`` of repeated layers),
+captures the hidden state entering block 0 and EACH block's own other inputs (masks and position
+embeddings differ between sliding-window and full-attention blocks), then walks the blocks in
+order, holding one block's activations at a time. For each block it yields the groups of linears
+that share one input, in forward order (q/k/v, o, gate/up, down); the caller takes a group's
+input statistics with the groups before it already quantized ("true-sequential", Frantar et al.,
+2022), quantizes its linears and writes them back; the runner then re-runs the block, as now
+written, to give the next block its inputs (GPTQ's sequential mode). For AWQ, ``fold_scale``
+folds an input-channel scale into the op that produces the group's input, where a numerical
+check showed the fold is exact (a norm, or a linear feeding the group through a channel-wise op
+such as ``act(gate) * up``).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ._memory import release_freed_memory
-from .qtensor import QTensor
+from .blocks import (LinearGroup, StopForward, block_linears, find_blocks, linear_weight, plan_block,
+                     run_block, scale_output_channels, set_linear_weight)
 
 log = logging.getLogger("lowbit")
-
-try:  # GPT-2 style linears: weight stored transposed, [in, out]
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is optional
-    Conv1D = ()
-LINEAR_TYPES = (nn.Linear,) + ((Conv1D,) if Conv1D else ())
-
-
-class _Stop(Exception):
-    """Raised inside a hook to end a forward pass once what is needed was captured."""
 
 
 @dataclass
@@ -53,112 +41,84 @@ class InputStats:
     tokens: int
 
 
-@dataclass(frozen=True)
-class LinearGroup:
-    """Linears of one block that read the same input, in forward order; ``producer`` names the
-    module whose output channels can absorb a scale of that input (None when none can)."""
+# --- capturing each block's inputs ------------------------------------------------------
+@dataclass
+class BlockInputs:
+    """Per batch b: ``hidden[b]`` [B, T, D] enters block 0; ``extra[i][b] = (args, kwargs)`` are
+    block i's other inputs (a tensor that several blocks receive, such as a mask, is held once)."""
 
-    names: tuple[str, ...]
-    producer: str | None = None
-
-
-# --- model structure ---------------------------------------------------------------------
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """``(name, blocks)``: the ModuleList of repeated layers holding the most parameters."""
-    best = None
-    for name, module in model.named_modules():
-        if (isinstance(module, nn.ModuleList) and len(module) >= 2
-                and len({type(m) for m in module}) == 1
-                and any(isinstance(m, LINEAR_TYPES) for m in module[0].modules())):
-            size = sum(p.numel() for p in module.parameters())
-            if best is None or size > best[2]:
-                best = (name, module, size)
-    if best is None:
-        raise ValueError(
-            f"layer-by-layer calibration needs a decoder LM with blocks, got "
-            f"{type(model).__name__}, which has no ModuleList of repeated layers holding linears "
-            f"(such as model.layers or transformer.h); "
-            f"use method='rtn' or 'hqq', which need no calibration"
-        )
-    return best[0], best[1]
+    hidden: list[torch.Tensor]
+    extra: list[list[tuple[tuple, dict]]]
 
 
-def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, LINEAR_TYPES)
+@torch.no_grad()
+def capture_inputs(model: nn.Module, blocks: nn.ModuleList, data: torch.Tensor,
+                   batch_size: int) -> BlockInputs:
+    """Each block's own inputs for each batch of ``data`` [n, seq_len].
 
+    One forward pass per batch in which every block's forward is a stub that records its call
+    and passes the hidden state through (shaped as block 0's output, learnt from one real call),
+    ending at the last block. Blocks the pass never reaches get no inputs.
+    """
+    captured = BlockInputs([], [[] for _ in blocks])
+    order, template, passed = [], [], []   # blocks called in this batch; block 0's output;
+    #                                        the hidden state the previous stub passed on
 
-def block_linears(block: nn.Module) -> dict[str, nn.Module]:
-    """The linear layers (``nn.Linear`` and transformers' ``Conv1D``) of a block, by name."""
-    return {name: m for name, m in block.named_modules() if name and is_linear(m)}
+    def stub(i: int, forward):
+        def call(*args, **kwargs):
+            rest = dict(kwargs)
+            hidden = args[0] if args else rest.pop("hidden_states")
+            if order and hidden is not passed[-1] and len(captured.hidden) == 1:
+                log.warning("lowbit: %s changes the hidden state between its blocks %d and %d; "
+                            "calibration feeds each block the previous block's output as is",
+                            type(model).__name__, order[-1], i)
+            order.append(i)
+            captured.hidden += [hidden] if i == 0 else []
+            captured.extra[i].append((tuple(args[1:]), rest))
+            if i == len(blocks) - 1:
+                raise StopForward
+            if not template:
+                template.append(forward(*args, **kwargs))
+            passed[:] = [hidden]
+            return hidden if isinstance(template[0], torch.Tensor) else (hidden, *template[0][1:])
+        return call
 
-
-def linear_weight(module: nn.Module) -> torch.Tensor:
-    """A linear's weight as ``[out, in]`` float32 (Conv1D stores it transposed)."""
-    w = module.weight.detach()
-    return (w.t() if Conv1D and isinstance(module, Conv1D) else w).float()
-
-
-def set_linear_weight(module: nn.Module, W: torch.Tensor) -> None:
-    """Write ``W`` [out, in] into a linear in its own layout and dtype."""
-    w = W.t() if Conv1D and isinstance(module, Conv1D) else W
-    module.weight.data.copy_(w.to(module.weight.dtype))
-
-
-def scale_output_channels(module: nn.Module, factor: torch.Tensor) -> None:
-    """Multiply a module's output channels by ``factor`` [C]: rows of a linear's weight (and its
-    bias), or the elementwise weight and bias of a norm."""
-    w = module.weight.data
-    if Conv1D and isinstance(module, Conv1D):
-        w.mul_(factor.to(w.dtype)[None, :])
-    elif w.dim() == 2:
-        w.mul_(factor.to(w.dtype)[:, None])
-    else:
-        w.mul_(factor.to(w.dtype))
-    if getattr(module, "bias", None) is not None:
-        module.bias.data.mul_(factor.to(module.bias.dtype))
-
-
-# --- running blocks ----------------------------------------------------------------------
-def capture_inputs(model: nn.Module, block: nn.Module, data: torch.Tensor,
-                   batch_size: int) -> list[tuple[torch.Tensor, tuple, dict]]:
-    """Inputs of ``block`` (the first decoder block) for each batch of ``data`` [n, seq_len]:
-    ``(hidden_states, other positional args, kwargs)`` such as the mask and position embeddings."""
-    captured = []
-
-    def hook(module, args, kwargs):
-        kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden, tuple(args[1:]), kwargs))
-        raise _Stop
-
+    own = [block.__dict__.get("forward") for block in blocks]   # an instance-level forward, kept
+    for i, block in enumerate(blocks):
+        block.forward = stub(i, block.forward)
     device = next(model.parameters()).device
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for i in range(0, data.shape[0], batch_size):
+        for start in range(0, data.shape[0], batch_size):
+            order.clear()
             try:
-                model(input_ids=data[i : i + batch_size].to(device), use_cache=False)
-            except _Stop:
+                model(input_ids=data[start : start + batch_size].to(device), use_cache=False)
+            except StopForward:
                 pass
+            _check_order(model, order)
     finally:
-        handle.remove()
-    if not captured:
-        raise ValueError(f"the forward pass of {type(model).__name__} never reached its first "
-                         f"decoder block; check that data holds token ids the model accepts")
+        for block, forward in zip(blocks, own):
+            if forward is None:
+                del block.forward
+            else:
+                block.forward = forward
     return captured
 
 
-def run_block(block: nn.Module, inputs: tuple[torch.Tensor, tuple, dict]) -> torch.Tensor:
-    hidden, args, kwargs = inputs
-    out = block(hidden, *args, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
+def _check_order(model: nn.Module, order: list[int]) -> None:
+    if not order:
+        raise ValueError(f"the forward pass of {type(model).__name__} never reached its first "
+                         f"decoder block; check that data holds token ids the model accepts")
+    if order != list(range(len(order))):
+        raise ValueError(f"{type(model).__name__} calls its decoder blocks in the order "
+                         f"{order[:8]}; layer-by-layer calibration needs each block called once, "
+                         f"in order; use method='rtn' or 'hqq', which need no calibration")
 
 
-def collect_stats(block: nn.Module, inputs: list, groups: list[LinearGroup],
+def collect_stats(block: nn.Module, inputs: list, firsts: list[nn.Module],
                   stop: bool) -> list[InputStats]:
-    """Input statistics of each group over all calibration batches (one hook per group on its
-    first linear); with ``stop`` the forward ends at that linear (for one group only)."""
-    modules = dict(block.named_modules())
-    sums = [[None, None, 0] for _ in groups]
+    """Input statistics of each group over all calibration batches, from a hook on the group's
+    first linear (``firsts``); with ``stop`` the forward ends there (for one group only)."""
+    sums = [[None, None, 0] for _ in firsts]
 
     def make_hook(acc):
         def hook(module, args):
@@ -168,16 +128,15 @@ def collect_stats(block: nn.Module, inputs: list, groups: list[LinearGroup],
             acc[1] = xabs if acc[1] is None else acc[1].add_(xabs)
             acc[2] += x.shape[0]
             if stop:
-                raise _Stop
+                raise StopForward
         return hook
 
-    handles = [modules[g.names[0]].register_forward_pre_hook(make_hook(acc))
-               for g, acc in zip(groups, sums)]
+    handles = [first.register_forward_pre_hook(make_hook(acc)) for first, acc in zip(firsts, sums)]
     try:
         for inp in inputs:
             try:
                 run_block(block, inp)
-            except _Stop:
+            except StopForward:
                 pass
     finally:
         for h in handles:
@@ -185,168 +144,107 @@ def collect_stats(block: nn.Module, inputs: list, groups: list[LinearGroup],
     return [InputStats(H / n, xabs / n, n) for H, xabs, n in sums]
 
 
-def plan_block(block: nn.Module, inputs: tuple, find_producers: bool) -> list[LinearGroup]:
-    """Group the block's linears by shared input, in forward order, from one traced forward;
-    with ``find_producers`` also find, for each group, a module that can absorb an input scale."""
-    outputs, calls, keep = {}, [], []      # keep: hold traced tensors so ids stay unique
-
-    def on_output(name):
-        def hook(module, args, out):
-            keep.append(out)
-            outputs.setdefault(id(out), name)
-        return hook
-
-    def on_input(name):
-        def hook(module, args):
-            keep.append(args[0])
-            calls.append((name, id(args[0])))
-        return hook
-
-    linears = block_linears(block)
-    hooks = [m.register_forward_hook(on_output(name)) for name, m in block.named_modules() if name]
-    hooks += [m.register_forward_pre_hook(on_input(name)) for name, m in linears.items()]
-    try:
-        with torch.no_grad():
-            run_block(block, inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    by_input: dict[int, list[str]] = {}
-    for name, key in calls:
-        if name not in by_input.setdefault(key, []):
-            by_input[key].append(name)
-    groups, seen = [], set()
-    for key, names in by_input.items():
-        names = [n for n in names if n not in seen]
-        if names:
-            seen.update(names)
-            producer = _find_producer(block, inputs, names, outputs.get(key), calls) if find_producers else None
-            groups.append(LinearGroup(tuple(names), producer))
-    missing = set(linears) - seen
-    if missing:
-        log.warning("lowbit: linears %s are not called in the block's forward pass", sorted(missing))
-    return groups
-
-
-def _find_producer(block, inputs, names, direct, calls) -> str | None:
-    """The first candidate whose output channels, scaled by r, scale the group's input by r."""
-    modules = dict(block.named_modules())
-    first = min(i for i, (n, _) in enumerate(calls) if n in names)
-    width = linear_weight(modules[names[0]]).shape[1]
-    earlier = [n for n, _ in calls[:first] if linear_weight(modules[n]).shape[0] == width]
-    candidates = ([direct] if direct else []) + list(dict.fromkeys(reversed(earlier)))
-    probe = _slice_batch(inputs, 1)
-    base = _group_input(block, probe, names[0])
-    gen = torch.Generator().manual_seed(0)
-    r = torch.rand(width, generator=gen) * 1.5 + 0.5
-    for cand in candidates:
-        module = modules[cand]
-        w = getattr(module, "weight", None)
-        if w is None or (w.dim() == 1 and w.shape[0] != width):
-            continue
-        saved = {k: v.detach().clone() for k, v in module.named_parameters(recurse=False)}
-        try:
-            scale_output_channels(module, r)
-            ok = torch.allclose(_group_input(block, probe, names[0]), base * r.to(base.dtype),
-                                rtol=1e-3, atol=1e-5 * base.abs().max().item())
-        except RuntimeError:
-            ok = False
-        finally:
-            for k, v in module.named_parameters(recurse=False):
-                v.data.copy_(saved[k])
-        if ok:
-            return cand
-    return None
-
-
-def _group_input(block, inputs, name) -> torch.Tensor:
-    got = []
-    module = dict(block.named_modules())[name]
-
-    def hook(mod, args):
-        got.append(args[0].detach().clone())
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            run_block(block, inputs)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return got[0]
-
-
-def _slice_batch(obj, n: int, batch: int | None = None):
-    """The first ``n`` sequences of a captured input (tensors whose first axis is the batch)."""
-    if batch is None:
-        batch = obj[0].shape[0]
-    if isinstance(obj, torch.Tensor):
-        return obj[:n] if obj.dim() and obj.shape[0] == batch else obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_slice_batch(o, n, batch) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _slice_batch(v, n, batch) for k, v in obj.items()}
-    return obj
-
-
 # --- the runner ----------------------------------------------------------------------------
-QuantizeFn = Callable[[str, torch.Tensor, InputStats], "QTensor | None"]
-ScaleFn = Callable[[list[torch.Tensor], InputStats], torch.Tensor]
+@dataclass(frozen=True)
+class BlockStep:
+    """One decoder block as :class:`BlockRunner` yields it: its linear groups (full names) in
+    forward order."""
+
+    index: int
+    name: str
+    groups: tuple[LinearGroup, ...]
 
 
-def quantize_blocks(model: nn.Module, data: torch.Tensor, quantize_linear: QuantizeFn, *,
-                    scale_search: ScaleFn | None = None, true_sequential: bool = True,
-                    batch_size: int = 8, desc: str = "calibrate") -> dict[str, QTensor]:
-    """Quantize the linears of every decoder block in turn; returns ``{full name: QTensor}``.
+class BlockRunner:
+    """Walks a decoder LM's blocks in order for layer-by-layer calibration::
 
-    ``quantize_linear(name, W [out, in], stats)`` returns the QTensor of a linear (None leaves
-    it float). ``scale_search(weights, stats)`` (AWQ) returns an input-channel scale s [K] for a
-    group; the runner multiplies the group's weights by s and folds 1/s into its producer.
-    """
-    if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.is_floating_point():
-        raise TypeError(f"calibration data must be a LongTensor of token ids [n, seq_len] (e.g. "
-                        f"lowbit.data.calibration_batches(tokenizer)), got {data!r:.80}")
-    prefix, blocks = find_blocks(model)
-    results: dict[str, QTensor] = {}
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        inputs = capture_inputs(model, blocks[0], data, batch_size)
-        plan = plan_block(blocks[0], inputs[0], find_producers=scale_search is not None)
-        log.info("lowbit: %d blocks under %s, linear groups %s", len(blocks), prefix,
-                 [(g.names, g.producer) for g in plan])
-        for i, block in enumerate(tqdm(blocks, desc=desc, unit="block", disable=None)):
-            modules = dict(block.named_modules())
-            stats = None
-            if scale_search is not None or not true_sequential:
-                stats = collect_stats(block, inputs, plan, stop=False)
-            if scale_search is not None:
-                for group, st in zip(plan, stats):
-                    if group.producer is not None:
-                        _fold_scale(modules, group, st, scale_search)
-            for j, group in enumerate(plan):
-                st = stats[j] if stats is not None else collect_stats(block, inputs, [group], stop=True)[0]
+        runner = BlockRunner(model, data)               # data: token ids [n, seq_len]
+        for block in runner:                             # a BlockStep
+            for group, stats in zip(block.groups, runner.input_stats(block.groups)):
                 for name in group.names:
-                    full = f"{prefix}.{i}.{name}"
-                    qt = quantize_linear(full, linear_weight(modules[name]), st)
-                    if qt is not None:
-                        set_linear_weight(modules[name], qt.dequantize())
-                        results[full] = qt
-            for k, inp in enumerate(inputs):
-                inputs[k] = (run_block(block, inp), inp[1], inp[2])
-            del stats
-            release_freed_memory()
-    model.train(was_training)
-    return results
+                    runner.set_weight(name, algorithm(runner.weight(name), stats.H))
 
+    Asking for the next block first runs this one, as now written, on its inputs. ``inputs``
+    holds the current block's ``(hidden, args, kwargs)`` per batch; ``unreached`` names the
+    linears the calibration forward never reaches (they are left alone), with the reason.
+    """
 
-def _fold_scale(modules: dict, group: LinearGroup, st: InputStats, scale_search: ScaleFn) -> None:
-    """W <- W diag(s) for the group, producer output channels <- / s, stats of x / s."""
-    s = scale_search([linear_weight(modules[n]) for n in group.names], st)
-    for name in group.names:
-        set_linear_weight(modules[name], linear_weight(modules[name]) * s)
-    scale_output_channels(modules[group.producer], 1 / s)
-    st.H = st.H / (s[:, None] * s[None, :])
-    st.x_abs_mean = st.x_abs_mean / s
+    def __init__(self, model: nn.Module, data: torch.Tensor, *, batch_size: int = 8,
+                 find_producers: bool = False, desc: str = "calibrate") -> None:
+        if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.is_floating_point():
+            raise TypeError(f"calibration data must be a LongTensor of token ids [n, seq_len] (e.g. "
+                            f"lowbit.data.calibration_batches(tokenizer)), got {data!r:.80}")
+        self.model, self.data, self.batch_size = model, data, batch_size
+        self.find_producers, self.desc = find_producers, desc
+        self.prefix, self.blocks = find_blocks(model)
+        self.unreached: dict[str, str] = {}
+        self.inputs: list[tuple[torch.Tensor, tuple, dict]] = []
+        self._block: nn.Module | None = None
+
+    @torch.no_grad()
+    def __iter__(self) -> Iterator[BlockStep]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            captured = capture_inputs(self.model, self.blocks, self.data, self.batch_size)
+            hidden = captured.hidden
+            for i, block in enumerate(tqdm(self.blocks, desc=self.desc, unit="block", disable=None)):
+                if not captured.extra[i]:
+                    self._leave(f"{self.prefix}.{i}", block_linears(block))
+                    continue
+                self._block = block
+                self.inputs = [(h, *extra) for h, extra in zip(hidden, captured.extra[i])]
+                hidden.clear()                      # the inputs alone hold the activations
+                yield self._plan(i, block)
+                hidden = [run_block(block, inp) for inp in self.inputs]
+                self.inputs, captured.extra[i] = [], []
+                release_freed_memory()
+        finally:
+            self.model.train(was_training)
+            self._block, self.inputs = None, []
+
+    def _plan(self, i: int, block: nn.Module) -> BlockStep:
+        name = f"{self.prefix}.{i}"
+        groups = plan_block(block, self.inputs[0], find_producers=self.find_producers)
+        called = {n for g in groups for n in g.names}
+        self._leave(name, [n for n in block_linears(block) if n not in called])
+        if i == 0:
+            log.info("lowbit: %d blocks under %s, linear groups %s", len(self.blocks), self.prefix,
+                     [(g.names, g.producer) for g in groups])
+        return BlockStep(i, name, tuple(
+            LinearGroup(tuple(f"{name}.{n}" for n in g.names), g.producer and f"{name}.{g.producer}")
+            for g in groups))
+
+    def _leave(self, block_name: str, linears) -> None:
+        for n in linears:
+            self.unreached[f"{block_name}.{n}"] = "not reached by the calibration forward pass"
+
+    def input_stats(self, groups) -> list[InputStats]:
+        """Statistics of each group's input over all batches, from one pass of the current block
+        as now written (cut short at the group when there is one)."""
+        if self._block is None:
+            raise RuntimeError("BlockRunner.input_stats reads the current block: call it inside "
+                               "`for block in runner:`")
+        firsts = [self.model.get_submodule(g.names[0]) for g in groups]
+        with torch.no_grad():
+            return collect_stats(self._block, self.inputs, firsts, stop=len(groups) == 1)
+
+    def weight(self, name: str) -> torch.Tensor:
+        """The float weight ``[out, in]`` (float32) of the linear ``name``."""
+        return linear_weight(self.model.get_submodule(name))
+
+    def set_weight(self, name: str, W: torch.Tensor) -> None:
+        """Write ``W`` [out, in] into the linear ``name`` (e.g. its dequantized weight)."""
+        set_linear_weight(self.model.get_submodule(name), W)
+
+    def fold_scale(self, group: LinearGroup, s: torch.Tensor, stats: InputStats) -> None:
+        """W <- W diag(s) for the group, its producer's output channels <- / s, and ``stats``
+        to those of the new input x / s."""
+        if group.producer is None:
+            raise ValueError(f"{group.names[0]}: no op produces this group's input channel-wise, "
+                             f"so an input scale cannot be folded; fold only groups with a producer")
+        for name in group.names:
+            self.set_weight(name, self.weight(name) * s)
+        scale_output_channels(self.model.get_submodule(group.producer), 1 / s)
+        stats.H = stats.H / (s[:, None] * s[None, :])
+        stats.x_abs_mean = stats.x_abs_mean / s

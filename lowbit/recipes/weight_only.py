@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -11,8 +11,8 @@ from ..algorithms.awq import awq_quantize, awq_scale
 from ..algorithms.gptq import gptq
 from ..algorithms.hqq import hqq
 from ..algorithms.rtn import rtn
-from ..calibration import (LINEAR_TYPES, InputStats, block_linears, find_blocks, linear_weight,
-                           quantize_blocks)
+from ..blocks import LINEAR_TYPES, linear_weight
+from ..calibration import BlockRunner
 from ..formats import QFormat, bits_per_weight, int_format
 from ..nn import QEmbedding, QLinear, QuantReport, Skip, swap_modules
 from ..nn.swap import matches
@@ -24,6 +24,7 @@ log = logging.getLogger("lowbit")
 
 METHODS = ("rtn", "gptq", "awq", "hqq")
 CALIBRATED = ("gptq", "awq")
+OUTSIDE_BLOCKS = "outside the decoder blocks: round to nearest"
 
 
 @register("rtn", method="rtn")
@@ -185,8 +186,8 @@ class WeightOnly(Recipe):
     def apply(self, model: nn.Module, data) -> QuantReport:
         fmt = self.format
         shared: dict[int, QTensor] = {}  # id(float weight) -> its QTensor, so ties survive
-        reasons: dict[str, str] = {}
-        calibrated = self._calibrate(model, data, reasons) if self.method in CALIBRATED else None
+        calibrated = self._calibrate(model, data) if self.method in CALIBRATED else None
+        outside: set[str] = set()        # calibrated methods: linears outside the decoder blocks
 
         def quantized(name: str, module: nn.Module) -> QTensor:
             weight = module.weight
@@ -203,54 +204,70 @@ class WeightOnly(Recipe):
         def build(name: str, module: nn.Module) -> nn.Module:
             if isinstance(module, nn.Embedding):
                 return QEmbedding.from_float(module, fmt, weight=quantized(name, module))
+            if calibrated is not None and name in calibrated:
+                if isinstance(calibrated[name], Skip):
+                    raise calibrated[name]
+                return QLinear(calibrated[name], module.bias)
             if calibrated is not None:
-                if name in calibrated:
-                    return QLinear(calibrated[name], module.bias)
-                if name in reasons:
-                    raise Skip(reasons[name])
-                log.info("lowbit: %s is outside the decoder blocks: round to nearest", name)
+                log.info("lowbit: %s is %s", name, OUTSIDE_BLOCKS)
+                outside.add(name)
             return QLinear(quantized(name, module), module.bias)
 
-        return swap_modules(model, build, types=self.layer_types, include=self.include,
-                            exclude=self.exclude, recipe=self.describe())
+        report = swap_modules(model, build, types=self.layer_types, include=self.include,
+                              exclude=self.exclude, recipe=self.describe())
+        report.layers = [replace(r, reason=OUTSIDE_BLOCKS) if r.name in outside and r.status == "quantized"
+                         else r for r in report.layers]
+        return report
 
     # --- calibrated methods: block by block --------------------------------------------------
-    def _calibrate(self, model: nn.Module, data, reasons: dict[str, str]) -> dict[str, QTensor]:
+    @torch.no_grad()
+    def _calibrate(self, model: nn.Module, data) -> dict[str, QTensor | Skip]:
+        """GPTQ or AWQ over the decoder blocks in order (:class:`~lowbit.calibration.BlockRunner`):
+        for each selected block linear, its QTensor or the Skip saying why it stays float."""
         if data is None:
             raise ValueError(f"{self.describe()} needs calibration data: pass data= a LongTensor "
                              f"of token ids [n, seq_len], e.g. lowbit.data.calibration_batches(tokenizer)")
-        fmt = self.format
+        fmt, awq = self.format, self.method == "awq"
+        runner = BlockRunner(model, data, batch_size=self.calib_batch_size, find_producers=awq,
+                             desc=self.describe())
+        done: dict[str, QTensor | Skip] = {}
+        for block in runner:
+            chosen = {n for g in block.groups for n in g.names
+                      if matches(n, self.include) and not matches(n, self.exclude)}
+            groups = [g for g in block.groups if chosen.intersection(g.names)]
+            stats = runner.input_stats(groups) if awq or not self.true_sequential else None
+            for group, st in zip(groups, stats if awq else ()):   # AWQ: fold on the float block
+                if group.producer is None:
+                    continue
+                try:
+                    s = awq_scale([runner.weight(n) for n in group.names], st.x_abs_mean, st.H, fmt,
+                                  grid=self.awq_grid)
+                except ValueError as err:
+                    done.update({n: self._ragged(n, err) for n in group.names if n in chosen})
+                    continue
+                runner.fold_scale(group, s, st)
+            for j, group in enumerate(groups):
+                st = stats[j] if stats is not None else runner.input_stats([group])[0]
+                for name in (n for n in group.names if n in chosen and n not in done):
+                    W = runner.weight(name)   # [out, in]
+                    try:
+                        qw = (awq_quantize(W, st.H, fmt, grid=self.awq_grid) if awq else
+                              gptq(W, st.H, fmt, damp=self.damp, block_size=self.block_size,
+                                   act_order=self.act_order, mse_clip=self.gptq_clip))
+                    except ValueError as err:
+                        done[name] = self._ragged(name, err)
+                        continue
+                    done[name] = QTensor.from_int(qw.q, qw.scale, qw.zero_point, fmt)
+                    runner.set_weight(name, done[name].dequantize())
+        done.update({n: Skip(why) for n, why in runner.unreached.items()})
+        return done
 
-        def quantize_linear(name: str, W: torch.Tensor, stats: InputStats) -> QTensor | None:
-            if not matches(name, self.include) or matches(name, self.exclude):
-                return None
-            try:
-                if self.method == "gptq":
-                    qw = gptq(W, stats.H, fmt, damp=self.damp, block_size=self.block_size,
-                              act_order=self.act_order, mse_clip=self.gptq_clip)
-                else:
-                    qw = awq_quantize(W, stats.H, fmt, grid=self.awq_grid)
-            except ValueError as err:
-                if self.skip_ragged and "does not divide" in str(err):
-                    reasons[name] = str(err).replace("tensor:", f"{name}:", 1)
-                    return None
-                raise ValueError(f"{name}: {err}") from None
-            return QTensor.from_int(qw.q, qw.scale, qw.zero_point, fmt)
-
-        def scale_search(weights: list[torch.Tensor], stats: InputStats) -> torch.Tensor:
-            return awq_scale(weights, stats.x_abs_mean, stats.H, fmt, grid=self.awq_grid)
-
-        _, blocks = find_blocks(model)
-        for i, block in enumerate(blocks):   # linears in blocks that the forward never reaches
-            for name in block_linears(block):
-                reasons.setdefault(f"{_}.{i}.{name}", "not reached by the calibration forward pass")
-        results = quantize_blocks(
-            model, data, quantize_linear, true_sequential=self.true_sequential,
-            scale_search=scale_search if self.method == "awq" else None,
-            batch_size=self.calib_batch_size, desc=self.describe())
-        for name in results:
-            reasons.pop(name, None)
-        return results
+    def _ragged(self, name: str, err: ValueError) -> Skip:
+        """The Skip of a layer whose input size group_size does not divide (with skip_ragged);
+        any other error, or without skip_ragged, raised again naming the layer."""
+        if self.skip_ragged and "does not divide" in str(err):
+            return Skip(str(err).replace("tensor:", f"{name}:", 1))
+        raise ValueError(f"{name}: {err}") from None
 
 
 def act_group_for(name: str, module: nn.Module, group: int | None) -> int | None:

@@ -2,12 +2,14 @@
 import pytest
 import torch
 from torch import nn
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                          OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel,
+                          LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
 from transformers.pytorch_utils import Conv1D
 
 import lowbit
-from lowbit.calibration import block_linears, find_blocks, linear_weight, plan_block, capture_inputs
+from lowbit.blocks import block_linears, find_blocks, linear_weight, run_block
+from lowbit.calibration import BlockRunner, capture_inputs
 from lowbit.nn import QLinear
 from lowbit.recipes import WeightOnly
 
@@ -33,6 +35,22 @@ def gpt2():
     return GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, **TINY))
 
 
+ALTERNATING = ["sliding_attention", "full_attention"] * 2   # a window of 4 < 16 tokens
+
+
+def sliding_qwen2():
+    return Qwen2ForCausalLM(Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                        num_attention_heads=4, num_key_value_heads=2,
+                                        use_sliding_window=True, sliding_window=4,
+                                        layer_types=ALTERNATING, **TINY))
+
+
+def sliding_gemma3():  # also its rotary embedding differs per layer type
+    return Gemma3ForCausalLM(Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                              sliding_window=4, layer_types=ALTERNATING, **TINY))
+
+
 ARCHS = {
     "llama": (llama, "model.layers", [("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                                       ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"),
@@ -56,6 +74,13 @@ def data(n=4, seq=16):
     return torch.randint(0, 96, (n, seq), generator=torch.Generator().manual_seed(0))
 
 
+def first_block(model, find_producers=False):
+    """The runner's plan of block 0: its linear groups, names relative to the block."""
+    step = next(iter(BlockRunner(model, data(), batch_size=2, find_producers=find_producers)))
+    cut = len(step.name) + 1
+    return [(tuple(n[cut:] for n in g.names), g.producer and g.producer[cut:]) for g in step.groups]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_block_finder_and_linear_groups(arch):
     build, prefix, groups = ARCHS[arch]
@@ -65,12 +90,80 @@ def test_block_finder_and_linear_groups(arch):
     assert name == prefix and len(blocks) == 2
     linears = block_linears(blocks[0])
     assert all(linear_weight(m).shape[1] in (64, 128, 256) for m in linears.values())
-    with torch.no_grad():
-        inputs = capture_inputs(model, blocks[0], data(), batch_size=2)
-        plan = plan_block(blocks[0], inputs[0], find_producers=arch in PRODUCERS)
-    assert [g.names for g in plan] == groups
+    plan = first_block(model, find_producers=arch in PRODUCERS)
+    assert [names for names, _ in plan] == groups
     if arch in PRODUCERS:
-        assert [g.producer for g in plan] == PRODUCERS[arch]
+        assert [producer for _, producer in plan] == PRODUCERS[arch]
+
+
+def true_block_io(model, ids):
+    """Each block's input hidden state and output in the model's own forward pass."""
+    ins, outs = {}, {}
+    _, blocks = find_blocks(model)
+
+    def record(i):
+        def hook(module, args, kwargs, out):
+            ins[i] = args[0] if args else kwargs["hidden_states"]
+            outs[i] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    handles = [b.register_forward_hook(record(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    return ins, outs
+
+
+@pytest.mark.parametrize("build", [sliding_qwen2, sliding_gemma3])
+def test_each_block_runs_on_its_own_mask_and_position_embeddings(build):
+    torch.manual_seed(0)
+    model = build().eval()
+    ids = data(4, 16)
+    true_in, true_out = true_block_io(model, ids)
+    runner = BlockRunner(model, ids, batch_size=2)
+    walked = []
+    with torch.no_grad():
+        for block in runner:
+            module = model.get_submodule(block.name)
+            fed = torch.cat([inp[0] for inp in runner.inputs])
+            out = torch.cat([run_block(module, inp) for inp in runner.inputs])
+            torch.testing.assert_close(fed, true_in[block.index], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out, true_out[block.index], rtol=1e-5, atol=1e-5)
+            if block.index == 0:
+                first = runner.inputs
+            elif ALTERNATING[block.index] != ALTERNATING[0]:   # block 0's mask and rotary: wrong
+                wrong = torch.cat([run_block(module, (inp[0], *f[1:]))
+                                   for inp, f in zip(runner.inputs, first)])
+                assert (wrong - out).norm() / out.norm() > 1e-3, block.name
+            walked.append(block.index)
+    assert walked == [0, 1, 2, 3] and not runner.inputs
+
+
+def test_a_mask_shared_by_blocks_is_held_once():
+    model = sliding_qwen2().eval()
+    _, blocks = find_blocks(model)
+    captured = capture_inputs(model, blocks, data(4, 16), batch_size=2)
+    masks = [[kwargs["attention_mask"] for _, kwargs in per_block] for per_block in captured.extra]
+    assert len(captured.hidden) == 2 and all(len(m) == 2 for m in masks)
+    assert masks[0][0] is masks[2][0] and masks[1][1] is masks[3][1]   # same layer type
+    assert isinstance(masks[0][0], torch.Tensor) and masks[1][0] is not masks[0][0]
+    rotary = [per_block[0][1]["position_embeddings"] for per_block in captured.extra]
+    assert all(r is rotary[0] for r in rotary)
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_calibrated_methods_on_sliding_window_model(method):
+    torch.manual_seed(0)
+    model = sliding_qwen2().eval()
+    recipe = WeightOnly(num_bits=4, group_size=32, method=method, exclude=("lm_head",),
+                        calib_batch_size=2)
+    q = lowbit.quantize(model, recipe, data=data(4, 16))
+    assert sum(isinstance(m, QLinear) for m in q.modules()) == 4 * 7
+    ids = data(2, 16)
+    with torch.no_grad():
+        ref, out = model(ids).logits, q(ids).logits
+    assert (out - ref).norm() / ref.norm() < 0.5
 
 
 def test_gpt2_conv1d_weight_is_read_as_out_by_in():
@@ -80,11 +173,8 @@ def test_gpt2_conv1d_weight_is_read_as_out_by_in():
 
 
 def test_mha_llama_folds_o_proj_scale_into_v_proj():
-    model = llama(heads=4, kv_heads=4).eval()
-    _, blocks = find_blocks(model)
-    with torch.no_grad():
-        plan = plan_block(blocks[0], capture_inputs(model, blocks[0], data(), 2)[0], True)
-    assert plan[1].producer == "self_attn.v_proj"
+    plan = first_block(llama(heads=4, kv_heads=4).eval(), find_producers=True)
+    assert plan[1][1] == "self_attn.v_proj"
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt", "gpt2"])
