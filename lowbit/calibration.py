@@ -73,7 +73,8 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, data: torch.Tensor,
                             "calibration feeds each block the previous block's output as is",
                             type(model).__name__, order[-1], i)
             order.append(i)
-            captured.hidden += [hidden] if i == 0 else []
+            if i == 0:
+                captured.hidden.append(hidden)
             captured.extra[i].append((tuple(args[1:]), rest))
             if i == len(blocks) - 1:
                 raise StopForward
@@ -196,8 +197,7 @@ class BlockRunner:
                 self.inputs = [(h, *extra) for h, extra in zip(hidden, captured.extra[i])]
                 hidden.clear()                      # the inputs alone hold the activations
                 yield self._plan(i, block)
-                hidden = [run_block(block, inp) for inp in self.inputs]
-                self.inputs, captured.extra[i] = [], []
+                hidden, captured.extra[i] = self._run(block), []
                 release_freed_memory()
         finally:
             self.model.train(was_training)
@@ -214,6 +214,11 @@ class BlockRunner:
         return BlockStep(i, name, tuple(
             LinearGroup(tuple(f"{name}.{n}" for n in g.names), g.producer and f"{name}.{g.producer}")
             for g in groups))
+
+    def _run(self, block: nn.Module) -> list[torch.Tensor]:
+        """The block's output for each batch; each input is let go once used."""
+        inputs, self.inputs = self.inputs, []
+        return [run_block(block, inputs.pop(0)) for _ in range(len(inputs))]
 
     def _leave(self, block_name: str, linears) -> None:
         for n in linears:

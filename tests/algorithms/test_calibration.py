@@ -8,7 +8,7 @@ from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2L
 from transformers.pytorch_utils import Conv1D
 
 import lowbit
-from lowbit.blocks import block_linears, find_blocks, linear_weight, run_block
+from lowbit.blocks import LinearGroup, block_linears, find_blocks, linear_weight, run_block
 from lowbit.calibration import BlockRunner, capture_inputs
 from lowbit.nn import QLinear
 from lowbit.recipes import WeightOnly
@@ -131,7 +131,7 @@ def test_each_block_runs_on_its_own_mask_and_position_embeddings(build):
             torch.testing.assert_close(fed, true_in[block.index], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(out, true_out[block.index], rtol=1e-5, atol=1e-5)
             if block.index == 0:
-                first = runner.inputs
+                first = list(runner.inputs)
             elif ALTERNATING[block.index] != ALTERNATING[0]:   # block 0's mask and rotary: wrong
                 wrong = torch.cat([run_block(module, (inp[0], *f[1:]))
                                    for inp, f in zip(runner.inputs, first)])
@@ -210,3 +210,34 @@ def test_calibrated_methods_need_data_and_a_decoder():
     mlp = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32))
     with pytest.raises(ValueError, match="needs a decoder LM with blocks, got Sequential"):
         lowbit.quantize(mlp, WeightOnly(num_bits=4, group_size=32, method="awq"), data=data())
+
+
+class TwoBlocks(nn.Module):
+    """A toy LM whose forward calls its blocks in a given order, scaling between them."""
+
+    def __init__(self, order=(0, 1), between=1.0):
+        super().__init__()
+        self.embed = nn.Embedding(96, 16)
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(16, 16)) for _ in range(2))
+        self.order, self.between = order, between
+
+    def forward(self, input_ids, use_cache=False):
+        h = self.embed(input_ids)
+        for i in self.order:
+            h = self.layers[i](h)
+            h = h * self.between if self.between != 1 else h
+        return h
+
+
+def test_blocks_called_out_of_order_are_refused():
+    with pytest.raises(ValueError, match=r"calls its decoder blocks in the order \[1\]; .*once, in order"):
+        list(BlockRunner(TwoBlocks(order=(1, 0)), data()))
+
+
+def test_a_hidden_state_changed_between_blocks_is_warned_about(caplog):
+    steps = list(BlockRunner(TwoBlocks(between=2.0), data(), batch_size=2))
+    assert [s.groups for s in steps] == [(LinearGroup(("layers.0.0",)),), (LinearGroup(("layers.1.0",)),)]
+    assert "changes the hidden state between its blocks 0 and 1" in caplog.text
+    caplog.clear()
+    list(BlockRunner(TwoBlocks(), data(), batch_size=2))
+    assert "changes the hidden state" not in caplog.text
