@@ -3,7 +3,7 @@ Generative Pre-trained Transformers" (ICLR 2023), Algorithm 1.
 
 Columns of W are quantized one at a time; the error of each is spread over the columns not yet
 quantized through the inverse Hessian of the layer's reconstruction loss, ``H = 2 X X^T``, taken
-as its upper Cholesky factor. Updates are applied lazily in blocks of ``block_size`` columns.
+as its upper Cholesky factor. Updates are applied lazily in batches of ``lazy_batch`` columns (the paper's lazy batch-updates, B = 128).
 
 Groups: with ``act_order`` columns are visited by decreasing ``diag(H)``; the (scale, zero_point)
 of every group are then fixed up front on the original column order ("static groups"), so the
@@ -20,7 +20,7 @@ from .rtn import QWeight, clip_search
 
 
 def gptq(W: torch.Tensor, H: torch.Tensor, fmt: QFormat, *, damp: float = 0.01,
-         block_size: int = 128, act_order: bool = True, mse_clip: bool = True) -> QWeight:
+         lazy_batch: int = 128, act_order: bool = True, mse_clip: bool = True) -> QWeight:
     """Quantize ``W`` [N, K] given ``H`` [K, K] (any positive multiple of ``X X^T``).
 
     ``damp`` adds ``damp * mean(diag H)`` to the diagonal; ``mse_clip`` picks each group's range
@@ -57,7 +57,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, fmt: QFormat, *, damp: float = 0.01,
 
     zfix = float(P.fixed_zero_point(fmt)) if zero is None else 0.0
     Q = torch.zeros(N, K)
-    B = max(g, block_size // g * g) if not static else block_size
+    B = max(g, lazy_batch // g * g) if not static else lazy_batch
     for i1 in range(0, K, B):
         i2 = min(i1 + B, K)
         W1, Err1 = W[:, i1:i2].clone(), torch.zeros(N, i2 - i1)

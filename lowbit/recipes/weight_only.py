@@ -46,8 +46,8 @@ class WeightOnly(Recipe):
             decoder LM; they quantize its blocks one at a time (:mod:`lowbit.calibration`) and
             quantize linears outside the blocks (e.g. an untied head) with RTN.
         mse_clip: RTN only: choose each group's range by a clipping search on the weight MSE.
-        damp, act_order, block_size: GPTQ's dampening (fraction of mean diag H), activation
-            order (with static groups) and lazy-update block.
+        damp, act_order, lazy_batch: GPTQ's dampening (fraction of mean diag H), activation
+            order (with static groups) and lazy batch-update width (columns).
         gptq_clip: GPTQ: choose the static group ranges with an H-weighted clipping search.
         true_sequential: GPTQ: statistics of each linear group taken with the groups before it
             in the block already quantized.
@@ -68,7 +68,7 @@ class WeightOnly(Recipe):
     mse_clip: bool = False
     damp: float = 0.01
     act_order: bool = True
-    block_size: int = 128
+    lazy_batch: int = 128
     gptq_clip: bool = True
     true_sequential: bool = True
     awq_grid: int = 20
@@ -100,8 +100,8 @@ class WeightOnly(Recipe):
                              f"(num_bits={self.num_bits} defaults to symmetric)")
         if not 0 <= self.damp < 1:
             raise ValueError(f"WeightOnly.damp must be in [0, 1), got {self.damp}")
-        if self.block_size < 1 or self.awq_grid < 1 or self.hqq_iters < 0 or self.calib_batch_size < 1:
-            raise ValueError("WeightOnly.block_size, awq_grid and calib_batch_size must be positive "
+        if self.lazy_batch < 1 or self.awq_grid < 1 or self.hqq_iters < 0 or self.calib_batch_size < 1:
+            raise ValueError("WeightOnly.lazy_batch, awq_grid and calib_batch_size must be positive "
                              "and hqq_iters non-negative")
         patterns(self, "include", "exclude")
 
@@ -252,7 +252,7 @@ class WeightOnly(Recipe):
                     W = runner.weight(name)   # [out, in]
                     try:
                         qw = (awq_quantize(W, st.H, fmt, grid=self.awq_grid) if awq else
-                              gptq(W, st.H, fmt, damp=self.damp, block_size=self.block_size,
+                              gptq(W, st.H, fmt, damp=self.damp, lazy_batch=self.lazy_batch,
                                    act_order=self.act_order, mse_clip=self.gptq_clip))
                     except ValueError as err:
                         done[name] = self._ragged(name, err)
