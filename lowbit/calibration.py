@@ -15,8 +15,9 @@ such as ``act(gate) * up``).
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -115,33 +116,46 @@ def _check_order(model: nn.Module, order: list[int]) -> None:
                          f"in order; use method='rtn' or 'hqq', which need no calibration")
 
 
-def collect_stats(block: nn.Module, inputs: list, firsts: list[nn.Module],
-                  stop: bool) -> list[InputStats]:
-    """Input statistics of each group over all calibration batches, from a hook on the group's
-    first linear (``firsts``); with ``stop`` the forward ends there (for one group only)."""
-    sums = [[None, None, 0] for _ in firsts]
-
-    def make_hook(acc):
+@contextmanager
+def watch_inputs(modules: dict[str, nn.Module], update: Callable[[str, torch.Tensor], None], *,
+                 stop: bool = False):
+    """The one activation-statistics hook: while active, every forward of a watched module calls
+    ``update(name, x)`` with its input as ``x [tokens, K]`` (detached); with ``stop`` the forward
+    pass then ends (:class:`StopForward`, for the caller to catch)."""
+    def make_hook(name):
         def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()   # (tokens, K)
-            xtx, xabs = x.t() @ x, x.abs().sum(0)
-            acc[0] = xtx if acc[0] is None else acc[0].add_(xtx)
-            acc[1] = xabs if acc[1] is None else acc[1].add_(xabs)
-            acc[2] += x.shape[0]
+            update(name, args[0].detach().reshape(-1, args[0].shape[-1]))
             if stop:
                 raise StopForward
         return hook
 
-    handles = [first.register_forward_pre_hook(make_hook(acc)) for first, acc in zip(firsts, sums)]
+    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in modules.items()]
     try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def collect_stats(block: nn.Module, inputs: list, firsts: list[nn.Module],
+                  stop: bool) -> list[InputStats]:
+    """Input statistics of each group over all calibration batches, from its first linear's
+    input (``firsts``); with ``stop`` the forward ends there (for one group only)."""
+    sums = [[None, None, 0] for _ in firsts]
+
+    def update(i: str, x: torch.Tensor) -> None:
+        acc, x = sums[int(i)], x.float()                                   # (tokens, K)
+        xtx, xabs = x.t() @ x, x.abs().sum(0)
+        acc[0] = xtx if acc[0] is None else acc[0].add_(xtx)
+        acc[1] = xabs if acc[1] is None else acc[1].add_(xabs)
+        acc[2] += x.shape[0]
+
+    with watch_inputs({str(i): m for i, m in enumerate(firsts)}, update, stop=stop):
         for inp in inputs:
             try:
                 run_block(block, inp)
             except StopForward:
                 pass
-    finally:
-        for h in handles:
-            h.remove()
     return [InputStats(H / n, xabs / n, n) for H, xabs, n in sums]
 
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..algorithms import smoothquant as sq
 from ..algorithms.nf4 import BLOCK_SIZES, quantize_nf4
+from ..calibration import watch_inputs
 from ..formats import INT8, NF4 as NF4_FORMAT, QFormat, bits_per_weight
 from ..nn import QLinear, QuantReport, swap_modules
 from ..nn.llm_int8 import LLMInt8Linear, StaticW8A8Linear
@@ -320,24 +321,18 @@ def input_absmax(model: nn.Module, data, names: Iterable[str], batch_size: int =
     names = list(dict.fromkeys(names))
     absmax: dict[str, torch.Tensor] = {}
 
-    def hook(name):
-        def record(module, args):
-            x = args[0].detach()
-            a = x.abs().reshape(-1, x.shape[-1]).amax(dim=0).float()  # (K,)
-            absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
-        return record
+    def update(name: str, x: torch.Tensor) -> None:
+        a = x.abs().amax(dim=0).float()  # (K,)
+        absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
 
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     batches = list(data.split(batch_size)) if isinstance(data, torch.Tensor) else list(data)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), watch_inputs({n: model.get_submodule(n) for n in names}, update):
             for ids in tqdm(batches, desc="calibrating activation ranges", unit="batch", disable=None):
                 model(ids, use_cache=False) if _accepts_use_cache(model) else model(ids)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     missing = [n for n in names if n not in absmax]
     if missing:
