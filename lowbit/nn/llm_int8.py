@@ -98,9 +98,10 @@ class LLMInt8Linear(_Int8Linear):
         return f"{kernels.kernel_for('linear_w8a8_dynamic', x)} + fp32 outlier columns"
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"format={self.weight.format.label()}, threshold={float(self.threshold):g}, "
-                f"act_group_size={self.act_group_size}")
+        fields = dict(in_features=self.in_features, out_features=self.out_features,
+                      format=self.weight.format.label(), threshold=f"{float(self.threshold):g}",
+                      act_group_size=self.act_group_size)
+        return ", ".join(f"{k}={v}" for k, v in fields.items())
 
 
 @register_layer

@@ -24,7 +24,7 @@ from ..nn.nf4 import NF4Linear
 from ..nn.swap import matches
 from ..qtensor import QTensor
 from .base import ActivationQuant, LayerPlan, Recipe, float_bytes, patterns
-from .registry import register
+from .registry import prefixed_int, register
 from .weight_only import act_group_for, int8_layer_plan
 
 log = logging.getLogger("lowbit")
@@ -78,9 +78,7 @@ class NF4(Recipe):
 
     @staticmethod
     def spec_option(token: str) -> dict | None:
-        if token == "nodq":
-            return {"double_quant": False}
-        return {"block_size": int(token[1:])} if token[:1] == "b" and token[1:].isdigit() else None
+        return {"double_quant": False} if token == "nodq" else prefixed_int(token, "b", "block_size")
 
     def spec_tokens(self) -> tuple[list[str], set[str]]:
         tokens = [] if self.block_size == 64 else [f"b{self.block_size}"]
@@ -193,7 +191,7 @@ def _names(model: nn.Module, recipe) -> list[str]:
 
 @register("smoothquant")
 @dataclass(frozen=True)
-class SmoothQuant(Recipe):
+class SmoothQuant(StaticW8A8):
     """SmoothQuant (Xiao et al., 2022) W8A8: migrate activation outliers into the weights with
     strength ``alpha`` (folded into the preceding RMSNorm/LayerNorm or up_proj), then int8 weights per
     channel and int8 activations, ``act_mode="static"`` (one calibrated scale per tensor, the
@@ -207,18 +205,9 @@ class SmoothQuant(Recipe):
 
     alpha: float = 0.5
     act_mode: str = "static"
-    include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ("lm_head",)
-    batch_size: int = 8
-
-    format = weight_format = INT8
-    layer_types = types = (nn.Linear,)
-    needs_data = True
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        patterns(self, "include", "exclude")
+        super().__post_init__()
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"SmoothQuant.alpha must be in [0, 1] (0.5 is the paper's default), got {self.alpha}")
         if self.act_mode not in ("static", "dynamic"):

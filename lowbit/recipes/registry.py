@@ -22,9 +22,15 @@ def register(name: str, **preset):
         if name in REGISTRY:
             raise ValueError(f"recipe spec {name!r} is already registered to {REGISTRY[name][0].__name__}")
         REGISTRY[name] = (cls, dict(preset))
-        cls.spec_names = (*getattr(cls, "spec_names", ()), name)
+        cls.spec_names = (*cls.__dict__.get("spec_names", ()), name)  # own names, not a base's
         return cls
     return add
+
+
+def prefixed_int(token: str, prefix: str, field: str) -> dict | None:
+    """``{field: N}`` for a shorthand token ``<prefix>N`` (``b64`` -> block_size=64), else None."""
+    rest = token[len(prefix):]
+    return {field: int(rest)} if token.startswith(prefix) and rest.isdigit() else None
 
 
 def names() -> list[str]:

@@ -18,7 +18,7 @@ from ..nn import QEmbedding, QLinear, QuantReport, Skip, swap_modules
 from ..nn.swap import matches
 from ..qtensor import QTensor
 from .base import ActivationQuant, LayerPlan, Recipe, float_bytes, patterns
-from .registry import register
+from .registry import prefixed_int, register
 
 log = logging.getLogger("lowbit")
 
@@ -333,9 +333,7 @@ class DynamicPTQ(Recipe):
 
     @staticmethod
     def spec_option(token: str) -> dict | None:
-        if token == "pertoken":
-            return {"act_group_size": None}
-        return {"act_group_size": int(token[1:])} if token[:1] == "g" and token[1:].isdigit() else None
+        return {"act_group_size": None} if token == "pertoken" else prefixed_int(token, "g", "act_group_size")
 
     def spec_tokens(self) -> tuple[list[str], set[str]]:
         g = self.act_group_size
