@@ -64,3 +64,23 @@ def test_module_to_keeps_packed_dtypes():
     q = QLinear.from_float(nn.Linear(128, 32), INT4)
     q.to(torch.float32)
     assert q.weight.data.dtype == torch.uint8 and q.weight.scale.dtype == torch.bfloat16
+
+
+def test_quantized_weights_are_in_state_dict_and_load_strictly():
+    import lowbit
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    q = lowbit.quantize(net, "rtn:w4g32")
+    state = q.state_dict()
+    assert {"0.weight.data", "0.weight.scale", "0.weight.zero_point", "0.bias"} <= set(state)
+    other = lowbit.quantize(torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                                torch.nn.Linear(32, 8)), "rtn:w4g32")
+    other.load_state_dict(state, strict=True)                      # packed tensors copied in
+    x = torch.randn(3, 64)
+    assert torch.equal(other(x), q(x))
+    missing = {k: v for k, v in state.items() if k != "2.weight.scale"}
+    with pytest.raises(RuntimeError, match="2.weight.scale"):
+        other.load_state_dict(missing, strict=True)
+    bad = dict(state, **{"0.weight.data": state["0.weight.data"][:, :-1]})
+    with pytest.raises(RuntimeError, match="0.weight.data: this uint4 asym g32 layer stores"):
+        other.load_state_dict(bad, strict=True)

@@ -1,4 +1,6 @@
 """lowbit.quantize with WeightOnly and DynamicPTQ: swapping, reports, errors."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -107,3 +109,25 @@ def test_bad_recipe_arguments(kwargs, message):
 def test_quantize_rejects_non_recipe():
     with pytest.raises(TypeError, match="expected a lowbit recipe"):
         lowbit.quantize(nn.Linear(4, 4), {"bits": 4})
+
+
+def test_gpt2_conv1d_layers_are_quantized_and_reported(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_positions=32, n_embd=64, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 96, (2, 16))
+    for spec in ("rtn:w8", "w8a8"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = lowbit.quantize(model, spec)
+        rows = {r.name: r for r in q.lowbit_report.layers}
+        for name in ("transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj"):
+            assert rows[name].status == "quantized" and rows[name].module_type == "Conv1D"
+        assert rows["transformer.wte"].status == "not-handled"          # listed, with the reason
+        with torch.no_grad():
+            ref, out = model(ids).logits, q(ids).logits
+        assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    lowbit.save(q, tmp_path / "g")
+    with torch.no_grad():
+        assert torch.equal(lowbit.load(tmp_path / "g")(ids).logits, q(ids).logits)
