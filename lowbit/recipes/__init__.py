@@ -5,7 +5,9 @@ and plans what it will do before doing it (``recipe.plan(model)``).
 """
 from .base import ActivationQuant, LayerPlan, Plan, Recipe, quantize
 from .distill import Distill, Sequence
-from .llm import NF4, LLMInt8, SmoothQuant, StaticW8A8
+from .llm_int8 import LLMInt8
+from .nf4 import NF4
+from .smoothquant import SmoothQuant, StaticW8A8
 from .qat import QAT
 from .qlora import QLoRA
 from .registry import REGISTRY, from_spec, register, to_spec

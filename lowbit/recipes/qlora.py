@@ -18,7 +18,7 @@ from ..lora import LoRAConfig, add_lora
 from ..nn.swap import QuantReport
 from ..qat.train import fit
 from .base import LayerPlan
-from .llm import NF4
+from .nf4 import NF4
 from .qat import _token_ids
 from .registry import register
 

@@ -6,7 +6,7 @@ from torch import nn
 from lowbit.algorithms.llm_int8 import decompose, outlier_columns
 from lowbit.kernels import reference
 from lowbit.nn.llm_int8 import LLMInt8Linear
-from lowbit.recipes.llm import LLMInt8
+from lowbit.recipes import LLMInt8
 
 
 def _layer(N=48, K=96, threshold=6.0):

@@ -7,7 +7,7 @@ from lowbit.algorithms.nf4 import quantize_nf4
 from lowbit.formats import NF4_CODEBOOK
 from lowbit.kernels import nf4 as nf4_kernels
 from lowbit.nn.nf4 import NF4Linear
-from lowbit.recipes.llm import NF4
+from lowbit.recipes import NF4
 
 
 def _args(q):

@@ -5,7 +5,7 @@ from torch import nn
 
 from lowbit.algorithms.smoothquant import migrate, smoothing_scales
 from lowbit.nn.llm_int8 import StaticW8A8Linear
-from lowbit.recipes.llm import SmoothQuant, StaticW8A8, smooth_pairs
+from lowbit.recipes.smoothquant import SmoothQuant, StaticW8A8, smooth_pairs
 
 
 def _tiny_llama():
@@ -42,7 +42,7 @@ def test_migration_is_exact_in_float_layernorm():
 
 @pytest.mark.parametrize("alpha", [0.5, 0.8])
 def test_recipe_migration_leaves_llama_output_unchanged_before_rounding(alpha, monkeypatch):
-    import lowbit.recipes.llm as llm
+    import lowbit.recipes.smoothquant as llm
     model = _tiny_llama()
     ids = torch.randint(0, 96, (2, 12))
     ref = model(ids).logits

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.recipes.llm import NF4, LLMInt8, SmoothQuant, StaticW8A8
+from lowbit.recipes import NF4, LLMInt8, SmoothQuant, StaticW8A8
 
 
 def _tiny_llama():

@@ -1,8 +1,7 @@
-"""LLM recipes: NF4 (QLoRA), LLM.int8(), SmoothQuant W8A8 and naive static per-tensor W8A8.
+"""W8A8 with calibrated activations: naive static per-tensor (StaticW8A8) and SmoothQuant.
 
-Every recipe here quantizes the ``nn.Linear`` layers matched by ``include`` and not by
-``exclude``; the default ``exclude=("lm_head",)`` keeps the output head (and so a tied input
-embedding) float — an explicit choice, reported per layer as "excluded by pattern".
+The default ``exclude=("lm_head",)`` keeps the output head (and so a tied input embedding)
+float — an explicit choice, reported per layer as "excluded by pattern".
 """
 from __future__ import annotations
 
@@ -15,17 +14,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..algorithms import smoothquant as sq
-from ..algorithms.nf4 import BLOCK_SIZES, quantize_nf4
 from ..calibration import watch_inputs
-from ..formats import INT8, NF4 as NF4_FORMAT, QFormat, bits_per_weight
+from ..formats import INT8
 from ..nn import QLinear, QuantReport, swap_modules
-from ..nn.llm_int8 import LLMInt8Linear, StaticW8A8Linear
-from ..nn.nf4 import NF4Linear
+from ..nn.llm_int8 import StaticW8A8Linear
 from ..nn.swap import matches
 from ..qtensor import QTensor
-from .base import ActivationQuant, LayerPlan, Recipe, float_bytes, patterns
-from .registry import prefixed_int, register
-from .weight_only import act_group_for, int8_layer_plan
+from .base import ActivationQuant, LayerPlan, Recipe, patterns
+from .registry import register
+from .weight_only import int8_layer_plan
 
 log = logging.getLogger("lowbit")
 
@@ -42,115 +39,6 @@ SMOOTH_PAIRS = (
     ("mlp.up_proj", ("mlp.down_proj",)),                             # Llama family
     ("fc1", ("fc2",)),                                               # OPT (ReLU)
 )
-
-
-@register("nf4")
-@dataclass(frozen=True)
-class NF4(Recipe):
-    """4-bit NormalFloat weights with double quantization (QLoRA); activations stay float.
-
-    Args:
-        block_size: weights per absmax block along the input axis (32, 64, 128, 256).
-        double_quant: store the block absmaxes as int8 per 256 (4.127 instead of 4.5 bits/weight).
-        include, exclude: fnmatch patterns on module names (the head stays float by default).
-    """
-
-    block_size: int = 64
-    double_quant: bool = True
-    include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ("lm_head",)
-
-    layer_types = types = (nn.Linear,)
-
-    def __post_init__(self) -> None:
-        if self.block_size not in BLOCK_SIZES:
-            raise ValueError(f"NF4.block_size must be one of {BLOCK_SIZES}, got {self.block_size}")
-        patterns(self, "include", "exclude")
-
-    @property
-    def format(self) -> QFormat:
-        return NF4_FORMAT.replace(group_size=self.block_size, double_quant=self.double_quant)
-
-    weight_format = format
-
-    def describe(self) -> str:
-        return f"NF4 block {self.block_size}" + (" + double quant" if self.double_quant else "")
-
-    @staticmethod
-    def spec_option(token: str) -> dict | None:
-        return {"double_quant": False} if token == "nodq" else prefixed_int(token, "b", "block_size")
-
-    def spec_tokens(self) -> tuple[list[str], set[str]]:
-        tokens = [] if self.block_size == 64 else [f"b{self.block_size}"]
-        return tokens + ([] if self.double_quant else ["nodq"]), {"block_size", "double_quant"}
-
-    def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
-        N, K = module.weight.shape
-        fp = float_bytes(module)
-        if K % self.block_size:
-            return LayerPlan(name, type(module).__name__, (N, K), "error", bytes=fp, float_bytes=fp,
-                             reason=f"block_size {self.block_size} does not divide its input size {K}")
-        fmt = self.format
-        nbytes = round(N * K * bits_per_weight(fmt, N * K, N) / 8) + (4 * N if module.bias is not None else 0)
-        return LayerPlan(name, type(module).__name__, (N, K), "quantize", fmt.label(),
-                         NF4Linear.planned_kernel(fmt, None, K), nbytes, fp)
-
-    def apply(self, model: nn.Module, data) -> QuantReport:
-        def build(name: str, module: nn.Module) -> nn.Module:
-            W = quantize_nf4(module.weight.detach(), self.block_size, self.double_quant, name=name)
-            return NF4Linear(W, module.bias)
-
-        return swap_modules(model, build, types=self.layer_types, include=self.include,
-                            exclude=self.exclude, recipe=self.describe())
-
-
-@register("llm-int8")
-@dataclass(frozen=True)
-class LLMInt8(Recipe):
-    """LLM.int8() (Dettmers et al., 2022): int8 per-channel weights; at run time the input
-    features with any |x| > ``threshold`` go through fp32, the rest through int8 x int8.
-
-    ``act_group_size=None`` is the paper's vector-wise scheme: one scale per token for the int8
-    part (+1.67% perplexity on SmolLM2-135M, results/llm.json). The default 64 gives one scale
-    per token and group of 64 inputs, as ``DynamicPTQ`` does; a layer whose width 64 does not
-    divide falls back to per-token scales, and the log says so.
-    """
-
-    threshold: float = 6.0
-    act_group_size: int | None = 64
-    include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ("lm_head",)
-
-    format = weight_format = INT8
-    layer_types = types = (nn.Linear,)
-
-    @property
-    def activation(self) -> ActivationQuant:
-        return ActivationQuant("dynamic", "token", self.act_group_size, self.threshold)
-
-    def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
-        return int8_layer_plan(name, module, None, self.activation, layer=LLMInt8Linear)
-
-    def __post_init__(self) -> None:
-        if not self.threshold > 0:
-            raise ValueError(f"LLMInt8.threshold must be > 0 (the paper uses 6.0), got {self.threshold}")
-        g = self.act_group_size
-        if g is not None and (not isinstance(g, int) or g <= 0 or g % 64):
-            raise ValueError(f"LLMInt8 act_group_size must be None (per token, the paper's) or a "
-                             f"positive multiple of 64, got {g!r}")
-        patterns(self, "include", "exclude")
-
-    def describe(self) -> str:
-        acts = f"activations per token x {self.act_group_size}" if self.act_group_size else "per-token activations"
-        return f"LLM.int8 threshold {self.threshold:g}, {acts}"
-
-    def apply(self, model: nn.Module, data) -> QuantReport:
-        def build(name: str, module: nn.Module) -> nn.Module:
-            return LLMInt8Linear.from_float(module, self.threshold, name=name,
-                                            act_group_size=act_group_for(name, module, self.act_group_size))
-
-        return swap_modules(model, build, types=self.layer_types, include=self.include,
-                            exclude=self.exclude, recipe=self.describe())
 
 
 @register("static-w8a8")
@@ -280,7 +168,7 @@ def smooth_pairs(model: nn.Module) -> list[tuple[str, nn.Module, list[tuple[str,
             f"SmoothQuant found no normalisation -> linear pair in {type(model).__name__}: it "
             f"knows {sorted({p for p, _ in SMOOTH_PAIRS})} feeding q/k/v, gate/up or fc1 "
             f"(Llama, Mistral, Qwen2, Phi-3, OPT). Use StaticW8A8 or DynamicPTQ for this model, "
-            f"or add its pair to lowbit.recipes.llm.SMOOTH_PAIRS")
+            f"or add its pair to lowbit.recipes.smoothquant.SMOOTH_PAIRS")
     return pairs
 
 
