@@ -90,8 +90,10 @@ def run_block(block: nn.Module, inputs: tuple[torch.Tensor, tuple, dict]) -> tor
 
 
 def plan_block(block: nn.Module, inputs: tuple, find_producers: bool) -> list[LinearGroup]:
-    """Group the block's linears by shared input, in forward order, from one traced forward;
-    with ``find_producers`` also find, for each group, a module that can absorb an input scale."""
+    """Group the block's linears by shared input, in forward order, from one traced forward (of
+    one sequence: groups follow tensor identity); with ``find_producers`` also find, for each
+    group, a module that can absorb an input scale."""
+    inputs = _slice_batch(inputs, 1)
     outputs, calls, keep = {}, [], []      # keep: hold traced tensors so ids stay unique
 
     def on_output(name):
@@ -136,8 +138,7 @@ def _find_producer(block, inputs, names, direct, calls) -> str | None:
     width = linear_weight(modules[names[0]]).shape[1]
     earlier = [n for n, _ in calls[:first] if linear_weight(modules[n]).shape[0] == width]
     candidates = ([direct] if direct else []) + list(dict.fromkeys(reversed(earlier)))
-    probe = _slice_batch(inputs, 1)
-    base = _group_input(block, probe, names[0])
+    base = _group_input(block, inputs, names[0])
     gen = torch.Generator().manual_seed(0)
     r = torch.rand(width, generator=gen) * 1.5 + 0.5
     for cand in candidates:
@@ -148,7 +149,7 @@ def _find_producer(block, inputs, names, direct, calls) -> str | None:
         saved = {k: v.detach().clone() for k, v in module.named_parameters(recurse=False)}
         try:
             scale_output_channels(module, r)
-            ok = torch.allclose(_group_input(block, probe, names[0]), base * r.to(base.dtype),
+            ok = torch.allclose(_group_input(block, inputs, names[0]), base * r.to(base.dtype),
                                 rtol=1e-3, atol=1e-5 * base.abs().max().item())
         except RuntimeError:
             ok = False
