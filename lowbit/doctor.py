@@ -38,16 +38,13 @@ def kernel_table() -> str:
 
 def layer_kernel(fmt, activation, x: torch.Tensor) -> str:
     """The kernel a Linear quantized to ``fmt`` (with ``activation`` mode) runs for ``x``."""
-    if fmt.name == "nf4":
-        from .kernels import nf4
-
-        return nf4.kernel_for(x, fmt.group_size)
-    if activation == "llm_int8":
-        return kernels.kernel_for("linear_w8a8_dynamic", x) + " + fp32 outlier columns"
     if activation in ("int8_static", "static"):
         return "torch._int_mm (int8 x int8), static per-tensor activation scale"
-    activation = "int8_dynamic" if activation == "dynamic" else activation
-    return kernels.kernel_for(kernel_op(fmt, activation), x)
+    if activation == "llm_int8":
+        op = "linear_w8a8_dynamic"
+    else:
+        op = kernel_op(fmt, "int8_dynamic" if activation == "dynamic" else activation)
+    return kernels.kernel_for(op, x.device, x.dtype, x.shape)
 
 
 def plan_rows(model: nn.Module, recipe) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Build lowbit's C++ CPU kernels (lowbit/kernels/cpu/*.cpp): ``python -m lowbit.kernels.build``.
+"""Build lowbit's C++ CPU kernels (lowbit/kernels/cpu/*.cpp, NF4 included): ``python -m lowbit.kernels.build``.
 
 The extension is compiled once per (torch version, source and flag hash) into
 ``lowbit._cache.cache_dir("kernels", ...)``; later loads reuse it.
@@ -23,34 +23,30 @@ def sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.cpp"))
 
 
-def compile_extension(name: str, source_dir: Path, include_dirs: tuple[Path, ...] = (),
-                      verbose: bool = False):
-    """Compile (if not cached) and import the C++ sources of ``source_dir`` as module ``name``.
+def load(verbose: bool = False):
+    """Compile (if not cached) and import the CPU extension module; raises on build failure.
 
-    The build folder is keyed by torch version and a hash of the flags, the sources and every
-    header they can include, so an edit rebuilds and an unchanged tree reuses the cache.
+    The build folder is keyed by torch version and a hash of the flags, the sources and the
+    headers, so an edit rebuilds and an unchanged tree reuses the cache.
     """
     from torch.utils import cpp_extension
 
-    cpps = sorted(source_dir.glob("*.cpp"))
     digest = hashlib.sha256(" ".join(CFLAGS).encode())
-    for path in cpps + [h for d in (source_dir, *include_dirs) for h in sorted(d.glob("*.h"))]:
+    for path in sources() + sorted(SOURCE_DIR.glob("*.h")):
         digest.update(path.name.encode() + path.read_bytes())
-    prefix = "" if name == NAME else f"{name.removeprefix('lowbit_').removesuffix('_kernels')}-"
-    folder = cache_dir("kernels", f"{prefix}torch-{torch.__version__}-{digest.hexdigest()[:16]}")
-    return cpp_extension.load(name=name, sources=[str(p) for p in cpps], extra_cflags=CFLAGS,
-                              extra_ldflags=["-fopenmp"],
-                              extra_include_paths=[str(d) for d in include_dirs],
-                              build_directory=str(folder), verbose=verbose)
-
-
-def load(verbose: bool = False):
-    """Compile (if not cached) and import the CPU extension module; raises on build failure."""
-    return compile_extension(NAME, SOURCE_DIR, verbose=verbose)
+    folder = cache_dir("kernels", f"torch-{torch.__version__}-{digest.hexdigest()[:16]}")
+    return cpp_extension.load(name=NAME, sources=[str(p) for p in sources()], extra_cflags=CFLAGS,
+                              extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from lowbit.kernels.cpu import missing_cpu_flags
+
+    missing = missing_cpu_flags()
+    if missing:  # loading AVX-512 code here would die of SIGILL; the reference kernels run instead
+        print(f"lowbit.kernels.build: skipped, this CPU lacks {', '.join(missing)}")
+        return 0
     try:
         module = load(verbose="-v" in argv or "--verbose" in argv)
     except Exception as error:  # report, never crash the caller's build with a traceback
