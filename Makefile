@@ -26,7 +26,6 @@ install: $(STAMP)
 # lowbit's own C++ kernels (AVX-512/VNNI), compiled against the installed torch into the cache.
 kernels: install
 	$(PY) -m lowbit.kernels.build
-	$(PY) -c "from lowbit.kernels import nf4; print('lowbit nf4:', nf4.extension_status()[1])"
 
 # Peers for the side-by-side benchmarks (never needed by `make test`): their own venv, torch
 # pinned the same way, lowbit installed too so they are measured by the same protocol code.

@@ -82,7 +82,7 @@ def alpha_sweep(model, tokenizer, alphas: list[float], out: Path) -> float:
 
 def nf4_kernel_rows(rounds: int = 100) -> list[dict]:
     from lowbit.algorithms.nf4 import quantize_nf4
-    from lowbit.kernels import nf4
+    import lowbit.kernels as lk
 
     rows = []
     torch.set_num_threads(2)
@@ -93,7 +93,7 @@ def nf4_kernel_rows(rounds: int = 100) -> list[dict]:
         x, Wb = torch.randn(1, K), W.bfloat16()
         xb = x.bfloat16()
         fns = {"bf16 F.linear": lambda: F.linear(xb, Wb), "fp32 F.linear": lambda: F.linear(x, W),
-               nf4.kernel_for(x): lambda: nf4.linear_nf4(x, *args)}
+               lk.kernel_for("linear_nf4", x.device, x.dtype, x.shape): lambda: lk.linear_nf4(x, *args)}
         times = {k: [] for k in fns}
         with torch.inference_mode():
             for f in fns.values():
@@ -105,7 +105,7 @@ def nf4_kernel_rows(rounds: int = 100) -> list[dict]:
                     times[k].append(time.perf_counter() - t)
         med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
         rows.append({"K": K, "N": N, "M": 1, "threads": 2, "median_us": med,
-                     "nf4_speedup_vs_bf16": med["bf16 F.linear"] / med[nf4.kernel_for(x)],
+                     "nf4_speedup_vs_bf16": med["bf16 F.linear"] / med[lk.kernel_for("linear_nf4", x.device, x.dtype, x.shape)],
                      "loadavg": os.getloadavg()[0], "machine": machine()})
         logging.info("nf4 kernel: %s", rows[-1])
     return rows

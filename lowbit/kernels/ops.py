@@ -1,129 +1,174 @@
-"""lowbit's kernel ops: each declared once, checked once, dispatched in one visible place.
+"""lowbit's kernel ops, each declared once with torch.library in the namespace ``lowbit``.
 
-``kernel_for(op, x)`` is the only place that decides which kernel runs; ``available()`` shows
-its decisions for this machine. Kernels live in ``reference.py`` (pure PyTorch, any device,
-the specification) and ``cpu/`` (C++: AVX-512 VNNI/BF16, AMX-INT8).
+Per op (``SPECS``): a schema; the pure-PyTorch reference (reference.py) as the default kernel
+(CompositeExplicitAutograd: any device); CPU and CUDA kernels that run what ``kernel_for``
+names for the input; a fake kernel (the output's shape) so torch.compile and torch.export trace
+through; and autograd. Every one of them runs the op's check (checks.py) before anything else.
+
+Autograd: dL/dx = dL/dy @ W with W dequantized by the reference, in fp32 (for W8A8 this passes
+the activation rounding straight through); dL/dbias = dL/dy summed over tokens. The quantized
+weight tensors get no gradient: asking for one raises ValueError.
+
+Call an op as ``torch.ops.lowbit.linear_int4(x, packed, scale, zero_point, group_size, bias)``;
+``lowbit.kernels.linear_int4`` is the same object. ``linear_dequant`` (a weight already
+dequantized) is plain F.linear, registered as CompositeImplicitAutograd.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-from lowbit.kernels import checks, cpu, cuda, reference
-
-OPS = ("linear_int8_weight_only", "linear_int4", "linear_lowbit", "linear_w8a8_dynamic", "linear_dequant")
-
-# Batch size (rows of x) from which a GEMM-style kernel replaces the streaming (GEMV-style) one,
-# measured with benchmarks/kernels.py: the weight-only ops dequantize row chunks to bf16 for a
-# bf16 GEMM; W8A8 moves from AVX512-VNNI to AMX-INT8 tiles (where the CPU has AMX).
-DENSE_FROM_M = {"linear_int8_weight_only": 16, "linear_int4": 16, "linear_lowbit": 16,
-                "linear_w8a8_dynamic": 4}
-
-KERNELS = {
-    "reference.linear_int8_weight_only": reference.linear_int8_weight_only,
-    "reference.linear_int4": reference.linear_int4,
-    "reference.linear_lowbit": reference.linear_lowbit,
-    "reference.linear_w8a8_dynamic": reference.linear_w8a8_dynamic,
-    "reference.linear_dequant": reference.linear_dequant,
-    "cpu.int8_gemv": cpu.int8_gemv,
-    "cpu.int8_dense_bf16": cpu.int8_dense,
-    "cpu.int4_gemv": cpu.int4_gemv,
-    "cpu.int4_dense_bf16": cpu.int4_dense,
-    "cpu.lowbit_gemv": cpu.lowbit_gemv,
-    "cpu.lowbit_dense_bf16": cpu.lowbit_dense,
-    "cpu.w8a8_vnni": cpu.w8a8_vnni,
-    "cpu.w8a8_amx": cpu.w8a8_amx,
-    "cuda.int8_gemv": cuda.int8_gemv,
-    "cuda.int8_dense": cuda.int8_dense,
-    "cuda.int4_gemv": cuda.int4_gemv,
-    "cuda.int4_dense": cuda.int4_dense,
-}
+from lowbit.kernels import checks, reference
+from lowbit.kernels.dispatch import OP_NAMES, kernel, kernel_for
 
 
-def kernel_for(op: str, x: torch.Tensor) -> str:
-    """Name of the kernel that ``op`` runs for input ``x`` (by device, then by batch size)."""
-    if op not in OPS:
-        raise ValueError(f"lowbit.kernels.kernel_for: op must be one of {OPS}, got {op!r}")
-    if op == "linear_dequant":
-        return f"reference.{op}"
-    M = x.numel() // max(x.shape[-1], 1)
-    if x.device.type == "cuda":
-        if op in ("linear_w8a8_dynamic", "linear_lowbit") or cuda.extension_status()[0] is None:
-            return f"reference.{op}"
-        if op == "linear_int4":
-            return "cuda.int4_gemv" if M <= cuda.GEMV_MAX_M else "cuda.int4_dense"
-        gemv = M <= cuda.GEMV_MAX_M and x.shape[-1] % 16 == 0
-        return "cuda.int8_gemv" if gemv else "cuda.int8_dense"
-    if x.device.type != "cpu" or cpu.extension_status()[0] is None:
-        return f"reference.{op}"
-    if op == "linear_int8_weight_only":
-        return "cpu.int8_gemv" if M < DENSE_FROM_M[op] else "cpu.int8_dense_bf16"
-    if op == "linear_int4":
-        return "cpu.int4_gemv" if M < DENSE_FROM_M[op] else "cpu.int4_dense_bf16"
-    if op == "linear_lowbit":
-        if not cpu.vbmi_status()[0]:
-            return f"reference.{op}"
-        return "cpu.lowbit_gemv" if M < DENSE_FROM_M[op] else "cpu.lowbit_dense_bf16"
-    return "cpu.w8a8_amx" if M >= DENSE_FROM_M[op] and cpu.amx_status()[0] else "cpu.w8a8_vnni"
+@dataclass(frozen=True)
+class OpSpec:
+    """One op: ``name``, its ``schema`` (arguments and result, as torch.library reads them), how
+    many arguments after x describe the weight (``weights``; then comes bias, then options), and
+    ``dequantize(*weight arguments) -> fp32 [N, K]`` for the gradient."""
+
+    name: str
+    schema: str
+    weights: int
+    dequantize: Callable[..., torch.Tensor]
 
 
-def available(device: str = "cpu") -> list[dict]:
-    """For each op on ``device``: {"op", "kernel" (name, by batch size), "path"
-    ("real" or "reference"), "reason" (why: extension built, or the build/ISA error)}."""
-    module, why = (cuda if str(device).startswith("cuda") else cpu).extension_status()
-    rows = []
-    for op in OPS:
-        small = kernel_for(op, torch.empty(1, 16, device=device))
-        large = kernel_for(op, torch.empty(512, 16, device=device))
-        path = "reference" if small.startswith("reference.") else "real"
-        reason = why if op != "linear_dequant" else "dense F.linear on an already dequantized weight"
-        if op == "linear_w8a8_dynamic" and path == "real" and str(device) == "cpu":
-            reason = f"{why}; {cpu.amx_status()[1]}"
-        switch = cuda.GEMV_MAX_M + 1 if str(device).startswith("cuda") else DENSE_FROM_M.get(op)
-        kernel = small if small == large else f"{small} (M < {switch}), {large} (M >= {switch})"
-        rows.append({"op": op, "kernel": kernel, "path": path, "reason": reason})
-    return rows
+SPECS = (
+    OpSpec("linear_int8_weight_only", "(Tensor x, Tensor qweight, Tensor scale, Tensor? bias=None) -> Tensor",
+           2, reference.dequantize_int8),
+    OpSpec("linear_int4", "(Tensor x, Tensor packed, Tensor scale, Tensor zero_point, int group_size, "
+           "Tensor? bias=None) -> Tensor", 4, reference.dequantize_int4),
+    OpSpec("linear_lowbit", "(Tensor x, Tensor packed, Tensor scale, Tensor zero_point, int group_size, "
+           "int bits, Tensor? bias=None) -> Tensor", 5, reference.dequantize_lowbit),
+    OpSpec("linear_w8a8_dynamic", "(Tensor x, Tensor qweight, Tensor scale, Tensor? bias=None, "
+           "int? act_group_size=None) -> Tensor", 2, reference.dequantize_int8),
+    OpSpec("linear_nf4", "(Tensor x, Tensor codes, Tensor s8, Tensor s2, Tensor offset, int block_size, "
+           "Tensor? bias=None) -> Tensor", 5, reference.dequantize_nf4),
+)
+
+LIB = torch.library.Library("lowbit", "DEF")
+_BELOW_AUTOGRAD = torch._C._after_autograd_keyset
 
 
-def _run(op: str, x: torch.Tensor, *weights, bias=None, **options) -> torch.Tensor:
-    """Flatten x to [M, K], run the chosen kernel, restore the leading dims."""
-    name = kernel_for(op, x)
-    if x.dim() == 2 and x.is_contiguous():  # the common case; skips two reshapes (~3 us)
-        return KERNELS[name](x, *weights, bias=bias, **options)
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()  # (M, K)
-    y = KERNELS[name](x2, *weights, bias=bias, **options)  # (M, N)
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+@functools.cache
+def _straight_to_device(raw_keyset: int) -> bool:
+    """Whether the dispatcher would go from autograd straight to the CPU / CUDA kernel (no mode,
+    tensor subclass or functionalization in between), for a keyset's raw bits."""
+    below = torch._C.DispatchKeySet.from_raw_repr(raw_keyset) & torch._C._after_ADInplaceOrView_keyset
+    return below.highestPriorityTypeId() in (torch._C.DispatchKey.CPU, torch._C.DispatchKey.CUDA)
 
 
-def linear_int8_weight_only(x, qweight, scale, bias=None):
-    """y = x @ (scale[:, None] * qweight).T + bias; int8 [N, K] weight, fp32 [N] scale."""
-    checks.int8_weight("linear_int8_weight_only", x, qweight, scale, bias)
-    return _run("linear_int8_weight_only", x, qweight.contiguous(), scale.contiguous(), bias=bias)
+def _device_kernel(op: str, check: Callable, arity: int) -> Callable:
+    """The CPU / CUDA kernel of ``op``: check, ask kernel_for, run that kernel on x as [M, K]."""
+    def device_kernel(x, *args):
+        check(x, *args)
+        if len(args) < arity:  # the dispatcher drops trailing arguments left at their default (None)
+            args += (None,) * (arity - len(args))
+        run = kernel(kernel_for(op, x.device, x.dtype, x.shape))
+        if x.dim() == 2 and x.is_contiguous():  # the common case: no reshapes
+            return run(x, *args)
+        y = run(x.reshape(-1, x.shape[-1]).contiguous(), *args)  # (M, K) -> (M, N)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+    return device_kernel
 
 
-def linear_int4(x, packed, scale, zero_point, group_size, bias=None):
-    """y = x @ w.T + bias, w = scale * (q - zero_point) per group; see reference.py for layout."""
-    checks.int4_weight("linear_int4", x, packed, scale, zero_point, group_size, bias)
-    return _run("linear_int4", x, packed.contiguous(), scale.contiguous(), zero_point.contiguous(),
-                group_size, bias=bias)
+def _reference_kernel(check: Callable, function: Callable) -> Callable:
+    def reference_kernel(x, *args):
+        check(x, *args)
+        return function(x, *args)
+    return reference_kernel
 
 
-def linear_lowbit(x, packed, scale, zero_point, group_size, bits, bias=None):
-    """y = x @ w.T + bias for 2..7-bit group-wise weights, w = scale * (q - zero_point), q packed
-    as a little-endian bit string per row (lowbit.primitives.pack); see reference.linear_lowbit."""
-    checks.lowbit_weight("linear_lowbit", x, packed, scale, zero_point, group_size, bits, bias)
-    return _run("linear_lowbit", x, packed.contiguous(), scale.contiguous(), zero_point.contiguous(),
-                group_size, bits, bias=bias)
+def _fake_kernel(check: Callable) -> Callable:
+    def fake_kernel(x, *args):
+        check(x, *args)
+        return x.new_empty((*x.shape[:-1], args[0].shape[0]))  # (..., N)
+    return fake_kernel
 
 
-def linear_w8a8_dynamic(x, qweight, scale, bias=None, act_group_size=None):
-    """W8A8: x quantized per token, or per token and group of ``act_group_size`` inputs
-    (symmetric int8, reference.quantize_activations), int32 dots, fp32 rescale."""
-    checks.int8_weight("linear_w8a8_dynamic", x, qweight, scale, bias)
-    checks.act_group("linear_w8a8_dynamic", act_group_size, qweight.shape[1])
-    return _run("linear_w8a8_dynamic", x, qweight.contiguous(), scale.contiguous(), bias=bias,
-                act_group_size=act_group_size)
+class _Linear(torch.autograd.Function):
+    """Forward: the op below autograd. Backward: dL/dx = dL/dy @ W, dL/dbias = sum dL/dy."""
+
+    @staticmethod
+    def forward(ctx, spec: OpSpec, x, *args):
+        weights = args[: spec.weights]
+        ctx.save_for_backward(*(w for w in weights if isinstance(w, torch.Tensor)))
+        ctx.spec, ctx.x_dtype = spec, x.dtype
+        ctx.plain = [None if isinstance(w, torch.Tensor) else w for w in weights]
+        bias = args[spec.weights]
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        with torch._C._AutoDispatchBelowAutograd():
+            return getattr(torch.ops.lowbit, spec.name).default(x, *args)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        tensors = iter(ctx.saved_tensors)
+        weights = [next(tensors) if w is None else w for w in ctx.plain]
+        W = ctx.spec.dequantize(*weights)  # (N, K) fp32
+        needs = ctx.needs_input_grad
+        grad_x = (grad.float() @ W).to(ctx.x_dtype) if needs[1] else None  # (..., K)
+        bias_at = 2 + ctx.spec.weights
+        grad_bias = None
+        if needs[bias_at]:
+            grad_bias = grad.float().reshape(-1, W.shape[0]).sum(0).to(ctx.bias_dtype)  # (N,)
+        grads = [None] * len(needs)
+        grads[1], grads[bias_at] = grad_x, grad_bias
+        return tuple(grads)
 
 
-def linear_dequant(x, weight, bias=None):
-    """Linear with an already dequantized weight (formats with no fast kernel)."""
-    return reference.linear_dequant(x, weight, bias)
+def _wants_grad(spec: OpSpec, x, args) -> bool:
+    for i, w in enumerate(args[: spec.weights]):
+        if isinstance(w, torch.Tensor) and w.requires_grad:
+            raise ValueError(
+                f"lowbit.kernels.{spec.name}: gradients flow to x and bias only, but weight argument "
+                f"{i + 1} (after x) requires grad; the quantized weight is frozen: detach it, or train "
+                f"a float weight (lowbit.qat) or an adapter (lowbit.lora)")
+    bias = args[spec.weights] if len(args) > spec.weights else None
+    return x.requires_grad or (bias is not None and bias.requires_grad)
+
+
+def _autograd_kernel(spec: OpSpec, device_kernel: Callable, arity: int) -> Callable:
+    """Autograd for ``spec``: the graph node when a gradient is wanted; otherwise straight on to
+    the CPU / CUDA kernel when that is what the dispatcher would pick next (no mode, subclass or
+    functionalization in between), saving one dispatcher round trip per call."""
+    overload = getattr(torch.ops.lowbit, spec.name).default
+
+    def autograd_kernel(keyset, x, *args):
+        if torch.is_grad_enabled() and _wants_grad(spec, x, args):
+            return _Linear.apply(spec, x, *args, *(None,) * (arity - len(args)))
+        if _straight_to_device(keyset.raw_repr()):
+            return device_kernel(x, *args)
+        return overload.redispatch(keyset & _BELOW_AUTOGRAD, x, *args)
+    return autograd_kernel
+
+
+def _declare(spec: OpSpec) -> None:
+    check = getattr(checks, spec.name)
+    LIB.define(spec.name + spec.schema)
+    arity = len(getattr(torch.ops.lowbit, spec.name).default._schema.arguments) - 1  # after x
+    LIB.impl(spec.name, _reference_kernel(check, getattr(reference, spec.name)), "CompositeExplicitAutograd")
+    device_kernel = _device_kernel(spec.name, check, arity)
+    LIB.impl(spec.name, device_kernel, "CPU")
+    LIB.impl(spec.name, device_kernel, "CUDA")
+    torch.library.register_fake(f"lowbit::{spec.name}", _fake_kernel(check), lib=LIB)
+    LIB.impl(spec.name, _autograd_kernel(spec, device_kernel, arity), "Autograd", with_keyset=True)
+
+
+for _spec in SPECS:
+    _declare(_spec)
+LIB.define("linear_dequant(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor")
+LIB.impl("linear_dequant", reference.linear_dequant, "CompositeImplicitAutograd")
+
+# name -> the op (its one overload), for callers that hold the name (QLinear.op)
+OPS = {name: getattr(torch.ops.lowbit, name).default for name in OP_NAMES}
+linear_int8_weight_only = torch.ops.lowbit.linear_int8_weight_only
+linear_int4 = torch.ops.lowbit.linear_int4
+linear_lowbit = torch.ops.lowbit.linear_lowbit
+linear_w8a8_dynamic = torch.ops.lowbit.linear_w8a8_dynamic
+linear_nf4 = torch.ops.lowbit.linear_nf4
+linear_dequant = torch.ops.lowbit.linear_dequant

@@ -7,11 +7,19 @@ x's dtype. Canonical layouts (what lowbit stores in checkpoints):
 - int4 weight: ``packed`` uint8 [N, K // 2], byte j of a row = element 2j (low nibble) and
   element 2j + 1 (high nibble), q in 0..15; ``scale`` and ``zero_point`` bf16
   [N, K // group_size];  w[n, k] = scale[n, g] * (q[n, k] - zero_point[n, g]), g = k // group_size.
+- 2..7-bit weight: ``packed`` uint8 [N, ceil(K * bits / 8)], a little-endian bit string per row
+  (lowbit.primitives.pack); ``scale``, ``zero_point`` as int4.
+- NF4 with double quantization (QLoRA): ``codes`` uint8 [N, K // 2] (nibbles as int4); block b
+  (b = n * K // block_size + k // block_size) has absmax s[b] = s8[b] * s2[b // 256] + offset,
+  ``s8`` int8 [P] (P = N * K // block_size rounded up to 256), ``s2`` fp32 [P // 256], ``offset``
+  fp32 [1];  w[n, k] = NF4[codes[n, k]] * s[b].
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from lowbit.formats import NF4_CODEBOOK
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -131,3 +139,20 @@ def linear_w8a8_dynamic(x, qweight, scale, bias=None, act_group_size=None):
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
+
+
+def dequantize_nf4(codes, s8, s2, offset, block_size: int) -> torch.Tensor:
+    """fp32 [N, K] = NF4[codes] * absmax per block, the absmaxes recovered from s8, s2, offset."""
+    N, K = codes.shape[0], codes.shape[1] * 2
+    G = K // block_size
+    q = unpack_int4(codes).long()  # (N, K)
+    s = s8.reshape(-1, 256).float() * s2.reshape(-1, 1).float()  # (P / 256, 256)
+    absmax = s.reshape(-1)[: N * G] + offset.float()  # (N * G,)
+    table = torch.tensor(NF4_CODEBOOK, dtype=torch.float32, device=codes.device)
+    w = table[q].reshape(N, G, block_size) * absmax.reshape(N, G, 1)  # (N, G, bs)
+    return w.reshape(N, K)
+
+
+def linear_nf4(x, codes, s8, s2, offset, block_size, bias=None):
+    """y = x @ dequantize_nf4(...).T + bias, computed in fp32."""
+    return _linear_fp32(x, dequantize_nf4(codes, s8, s2, offset, block_size), bias)

@@ -42,7 +42,7 @@ class LLMInt8Linear(_Int8Linear):
     """LLM.int8() (Dettmers et al., 2022): int8 x int8 for the regular input features, fp32 for
     the feature columns where some |x| > ``threshold`` in this call (decided at run time).
 
-    The int8 part runs ``lowbit.kernels.linear_w8a8_dynamic`` (int8 activations, int32
+    The int8 part runs ``torch.ops.lowbit.linear_w8a8_dynamic`` (int8 activations, int32
     accumulation) on x with the outlier columns zeroed; the outlier columns meet the dequantized
     int8 weight columns in fp32 (the weight is stored once, int8: 8 bits per weight + scales).
     ``act_group_size=None`` is the paper's vector-wise scheme (one activation scale per token);
@@ -76,26 +76,26 @@ class LLMInt8Linear(_Int8Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (M, K)
         O = outlier_columns(x2, self.threshold)
-        g = self.act_group_size
+        w8a8 = torch.ops.lowbit.linear_w8a8_dynamic
         if O.numel() == 0:
-            y = kernels.linear_w8a8_dynamic(x2, self.weight.data, self._scale(), self.bias, act_group_size=g)
+            y = w8a8(x2, self.weight.data, self._scale(), self.bias, self.act_group_size)
         else:
             x_int8, x_fp = decompose(x2, O)  # (M, K), (M, |O|)
-            y = kernels.linear_w8a8_dynamic(x_int8, self.weight.data, self._scale(), self.bias,
-                                            act_group_size=g)
+            y = w8a8(x_int8, self.weight.data, self._scale(), self.bias, self.act_group_size)
             W_O = self.weight.data.index_select(1, O).float() * self._scale()[:, None]  # (N, |O|)
             y = y + (x_fp.float() @ W_O.T).to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def kernel(self, x: torch.Tensor | None = None) -> str:
+        """The int8 part's kernel (``kernel_for``'s name); the outlier columns add an fp32 matmul."""
         if x is None:
-            x = torch.zeros(1, self.in_features, device=self.weight.data.device)
-        return f"{kernels.kernel_for('linear_w8a8_dynamic', x)} + fp32 outlier columns"
+            return kernels.kernel_for("linear_w8a8_dynamic", self.weight.data.device, torch.float32,
+                                      (1, self.in_features))
+        return kernels.kernel_for("linear_w8a8_dynamic", x.device, x.dtype, x.shape)
 
     @classmethod
     def planned_kernel(cls, fmt, activation, in_features: int, device: str = "cpu") -> str:
-        x = torch.zeros(1, in_features, device=device)
-        return f"{kernels.kernel_for('linear_w8a8_dynamic', x)} + fp32 outlier columns"
+        return kernels.kernel_for("linear_w8a8_dynamic", device, torch.float32, (1, in_features))
 
     def extra_repr(self) -> str:
         fields = dict(in_features=self.in_features, out_features=self.out_features,

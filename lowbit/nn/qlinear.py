@@ -34,15 +34,35 @@ def kernel_op(fmt: QFormat, activation: str | None) -> str:
             and fmt.granularity == "group" and fmt.group_size % 32 == 0
             and fmt.scale_dtype == "bfloat16" and not fmt.double_quant):
         return "linear_lowbit"
+    if (fmt.kind == "codebook" and fmt.name == "nf4" and fmt.granularity == "group"
+            and fmt.group_size % 32 == 0 and fmt.double_quant):
+        return "linear_nf4"
     return "linear_dequant"
+
+
+# Each op's arguments after x, from a layer (its QTensor weight, bias and options), in the op's
+# schema order (lowbit/kernels/ops.py).
+OP_ARGS = {
+    "linear_int8_weight_only": lambda m, x: (m.weight.data, m.weight.scale.reshape(-1), m.bias),
+    "linear_w8a8_dynamic": lambda m, x: (m.weight.data, m.weight.scale.reshape(-1), m.bias, m.act_group_size),
+    "linear_int4": lambda m, x: (m.weight.data, m.weight.scale, m.weight.zero_point,
+                                 m.weight.format.group_size, m.bias),
+    "linear_lowbit": lambda m, x: (m.weight.data, m.weight.scale, m.weight.zero_point,
+                                   m.weight.format.group_size, m.weight.format.num_bits, m.bias),
+    "linear_nf4": lambda m, x: (m.weight.data, m.weight.scale.data, m.weight.scale.scale, m.weight.offset,
+                                m.weight.format.group_size, m.bias),
+    "linear_dequant": lambda m, x: (m.weight.dequantize(x.dtype), m.bias),
+}
 
 
 @register_layer
 class QLinear(QModule):
     """``y = x W^T + b`` with W stored as a :class:`QTensor` (packed), run by a real kernel.
 
-    Formats with no fast kernel (symmetric 2/3-bit, fp8, ...) run ``linear_dequant``: the weight is
-    dequantized at each call — the reference path, reported as such by :meth:`kernel`.
+    ``forward`` is one call of the op ``self.op`` (``kernel_op``: from the weight's format) with
+    ``OP_ARGS``; the op's CPU kernel runs the C++ kernel ``kernel_for`` names. Formats with no fast
+    kernel (symmetric 2/3-bit, fp8, ...) run ``linear_dequant``: the weight is dequantized at each
+    call — the reference path, reported as such by :meth:`kernel`.
     """
 
     def __init__(self, weight: QTensor, bias: torch.Tensor | None = None,
@@ -75,30 +95,19 @@ class QLinear(QModule):
         return cls(weight, linear.bias, activation, act_group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if self.op == "linear_int8_weight_only":
-            return kernels.linear_int8_weight_only(x, w.data, w.scale.reshape(-1), self.bias)
-        if self.op == "linear_w8a8_dynamic":
-            return kernels.linear_w8a8_dynamic(x, w.data, w.scale.reshape(-1), self.bias,
-                                               act_group_size=self.act_group_size)
-        if self.op == "linear_int4":
-            return kernels.linear_int4(x, w.data, w.scale, w.zero_point, w.format.group_size, self.bias)
-        if self.op == "linear_lowbit":
-            return kernels.linear_lowbit(x, w.data, w.scale, w.zero_point, w.format.group_size,
-                                         w.format.num_bits, self.bias)
-        return kernels.linear_dequant(x, w.dequantize(x.dtype), self.bias)
+        return kernels.OPS[self.op](x, *OP_ARGS[self.op](self, x))  # e.g. torch.ops.lowbit.linear_int4
 
     def kernel(self, x: torch.Tensor | None = None) -> str:
-        """Name of the kernel that runs for ``x`` (default: one token on this layer's device)."""
+        """Name of the kernel that runs for ``x`` (default: one fp32 token on this layer's device)."""
         if x is None:
-            x = torch.zeros(1, self.in_features, device=self.weight.data.device)
-        return kernels.kernel_for(self.op, x)
+            return kernels.kernel_for(self.op, self.weight.data.device, torch.float32, (1, self.in_features))
+        return kernels.kernel_for(self.op, x.device, x.dtype, x.shape)
 
     @classmethod
     def planned_kernel(cls, fmt: QFormat, activation: str | None, in_features: int,
                        device: str = "cpu") -> str:
         """The kernel a layer of this class with ``fmt`` would run for one token (for plans)."""
-        return kernels.kernel_for(kernel_op(fmt, activation), torch.zeros(1, in_features, device=device))
+        return kernels.kernel_for(kernel_op(fmt, activation), device, torch.float32, (1, in_features))
 
     def config(self) -> dict:
         return {"activation": self.activation, "act_group_size": self.act_group_size}

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from lowbit.algorithms.llm_int8 import decompose, outlier_columns
-from lowbit.kernels import reference
+from lowbit.kernels import kernel_for, reference
 from lowbit.nn.llm_int8 import LLMInt8Linear
 from lowbit.recipes import LLMInt8
 
@@ -62,7 +62,7 @@ def test_recipe_keeps_head_float_and_reports_kernel():
     model = nn.ModuleDict({"fc": nn.Linear(32, 32), "lm_head": nn.Linear(32, 10)})
     q = quantize(model, LLMInt8())
     assert isinstance(q["fc"], LLMInt8Linear) and isinstance(q["lm_head"], nn.Linear)
-    assert "outlier" in q.lowbit_report.quantized[0].kernel
+    assert q.lowbit_report.quantized[0].kernel == kernel_for("linear_w8a8_dynamic", "cpu", torch.float32, (1, 32))
     with pytest.raises(ValueError, match="threshold"):
         LLMInt8(threshold=0)
 
@@ -81,7 +81,7 @@ def test_token_group_scales_equal_grouped_reference(M):
                                            act_group_size=64)
              + x[:, O] @ q.weight.dequantize()[:, O].T)
     torch.testing.assert_close(q(x), y_ref, rtol=1e-5, atol=1e-4)
-    assert q.act_group_size == 64 and q.kernel(x).endswith("+ fp32 outlier columns")
+    assert q.act_group_size == 64 and q.kernel(x) == kernel_for("linear_w8a8_dynamic", x.device, x.dtype, x.shape)
 
 
 def test_group_fallback_and_bad_group():

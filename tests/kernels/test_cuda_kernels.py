@@ -132,3 +132,18 @@ def test_gemv_is_graph_capturable():
         y = cuda.int4_gemv(x, packed, scale, zero_point, 32)
     graph.replay()
     torch.testing.assert_close(y, cuda.int4_gemv(x, packed, scale, zero_point, 32))
+
+
+@pytest.mark.parametrize("M", [1, 17])
+def test_ops_on_cuda_run_the_kernel_kernel_for_names_and_differentiate(M):
+    import lowbit.kernels as lk
+    w = int4_weight(24, 256, 64, seed=7)
+    x, bias = inputs(M, 256, 24, torch.bfloat16, with_bias=True, seed=7)
+    expected = "cuda.int4_gemv" if M <= cuda.GEMV_MAX_M else "cuda.int4_dense"
+    assert lk.kernel_for("linear_int4", x.device, x.dtype, x.shape) == expected
+    ref = reference.linear_int4(x, *w, 64, bias)
+    y = lk.linear_int4(x.requires_grad_(), *w, 64, bias)
+    assert weight_rounding_err(y, ref, x, reference.dequantize_int4(*w, 64)) < int4_tol(x.dtype)
+    y.float().sum().backward()
+    expected_grad = (torch.ones(M, 24, device="cuda") @ reference.dequantize_int4(*w, 64)).to(x.dtype)
+    torch.testing.assert_close(x.grad, expected_grad)

@@ -14,7 +14,7 @@ CASES = [  # (format, activation, op, relative tolerance)
     (INT3.replace(group_size=64), None, "linear_lowbit", 1e-2),
     (int_format(2, signed=False, symmetric=False, group_size=64), None, "linear_lowbit", 1e-2),
     (int_format(3, group_size=64), None, "linear_dequant", 1e-5),  # symmetric: no kernel
-    (NF4, None, "linear_dequant", 1e-5),
+    (NF4, None, "linear_nf4", 1e-5),
     (FP8_E4M3, None, "linear_dequant", 1e-5),
 ]
 

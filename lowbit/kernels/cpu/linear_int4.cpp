@@ -151,7 +151,7 @@ void int4_linear_impl(const at::Tensor& x, Int4Args& a, at::Tensor& y) {
 }  // namespace
 
 // x [M, K] fp32|bf16, packed uint8 [N, K/2], scale/zero bf16 [N, K/group_size], bias fp32 [N].
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+at::Tensor int4_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                        const at::Tensor& zero_point, int64_t group_size,
                        const c10::optional<at::Tensor>& bias) {
   Int4Args a{};
@@ -200,7 +200,7 @@ void int4_dequant_rows(const uint8_t* pp, const bf16_t* sp, const bf16_t* zp, in
 }  // namespace
 
 // Large-M path: chunks of bf16-dequantized rows, one bf16 GEMM each (dense.h).
-at::Tensor int4_dense_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+at::Tensor int4_dense_bf16(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                              const at::Tensor& zero_point, int64_t group_size,
                              const c10::optional<at::Tensor>& bias) {
   const int64_t K = packed.size(1) * 2;

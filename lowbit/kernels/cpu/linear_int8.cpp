@@ -77,7 +77,7 @@ void int8_linear_impl(const at::Tensor& x, const at::Tensor& q, const at::Tensor
 }  // namespace
 
 // x [M, K] fp32|bf16 contiguous, q int8 [N, K], scale fp32 [N], bias fp32 [N] or undefined.
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+at::Tensor int8_gemv(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                        const c10::optional<at::Tensor>& bias) {
   at::Tensor y = at::empty({x.size(0), q.size(0)}, x.options());
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
@@ -105,7 +105,7 @@ void int8_dequant_rows(const int8_t* qp, const float* sp, int64_t K, int64_t n0,
 }  // namespace
 
 // Large-M path: chunks of bf16-dequantized rows, one bf16 GEMM each (dense.h).
-at::Tensor int8_dense_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+at::Tensor int8_dense_bf16(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                              const c10::optional<at::Tensor>& bias) {
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();

@@ -150,9 +150,9 @@ void lowbit_rows(const LowbitArgs& a, xt* y, int64_t n0) {
 
 LowbitArgs make_args(const at::Tensor& packed, const at::Tensor& scale, const at::Tensor& zero_point,
                      int64_t K, int64_t group_size, int64_t bits) {
-  TORCH_CHECK(bits >= 2 && bits <= 7, "lowbit lowbit_linear: bits must be 2..7, got ", bits);
+  TORCH_CHECK(bits >= 2 && bits <= 7, "lowbit linear_lowbit: bits must be 2..7, got ", bits);
   TORCH_CHECK(group_size % kStep == 0 && K % group_size == 0,
-              "lowbit lowbit_linear: group_size must be a multiple of 32 dividing K = ", K, ", got ", group_size);
+              "lowbit linear_lowbit: group_size must be a multiple of 32 dividing K = ", K, ", got ", group_size);
   LowbitArgs a{};
   a.K = K;
   a.N = packed.size(0);
@@ -160,7 +160,7 @@ LowbitArgs make_args(const at::Tensor& packed, const at::Tensor& scale, const at
   a.group_size = group_size;
   a.bits = int(bits);
   a.row_bytes = packed.size(1);
-  TORCH_CHECK(a.row_bytes == (K * bits + 7) / 8, "lowbit lowbit_linear: packed rows must be ",
+  TORCH_CHECK(a.row_bytes == (K * bits + 7) / 8, "lowbit linear_lowbit: packed rows must be ",
               (K * bits + 7) / 8, " bytes for K = ", K, " at ", bits, " bits, got ", a.row_bytes);
   make_tables(a);
   a.packed = packed.data_ptr<uint8_t>();
@@ -427,7 +427,7 @@ void block_linear_impl(const at::Tensor& x, const LowbitArgs& la, at::Tensor& y)
 }  // namespace
 
 // x [M, K] fp32|bf16, packed uint8 [N, ceil(K * bits / 8)], scale/zero bf16 [N, K / group_size].
-at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+at::Tensor lowbit_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                          const at::Tensor& zero_point, int64_t group_size, int64_t bits,
                          const c10::optional<at::Tensor>& bias) {
   LowbitArgs a = make_args(packed, scale, zero_point, x.size(1), group_size, bits);
@@ -450,7 +450,7 @@ at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& packed, const at
 }
 
 // Large-M path: chunks of bf16-dequantized rows, one bf16 GEMM each (dense.h).
-at::Tensor lowbit_dense_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+at::Tensor lowbit_dense_bf16(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                                const at::Tensor& zero_point, int64_t group_size, int64_t bits,
                                const c10::optional<at::Tensor>& bias) {
   const LowbitArgs a = make_args(packed, scale, zero_point, x.size(1), group_size, bits);

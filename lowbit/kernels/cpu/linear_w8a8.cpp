@@ -238,7 +238,7 @@ void w8a8_vnni_rows(const W8A8Args& a, at::Tensor& y, int64_t n_begin) {
 
 // x [M, K] fp32|bf16, q int8 [N, K], scale fp32 [N], bias fp32 [N] -> y [M, N] in x's dtype.
 // group: activation scales per token and `group` inputs (a multiple of 64 dividing K), 0 = per token.
-at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+at::Tensor w8a8_vnni(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                        const c10::optional<at::Tensor>& bias, int64_t group) {
   std::vector<at::Tensor> keep;
   const W8A8Args a = w8a8_prepare(x, q, scale, bias, group, keep);

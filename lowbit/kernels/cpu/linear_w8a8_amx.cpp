@@ -215,8 +215,8 @@ bool amx_available() {
   return granted;
 }
 
-// Same contract as w8a8_linear.
-at::Tensor w8a8_linear_amx(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+// Same contract as w8a8_vnni.
+at::Tensor w8a8_amx(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                            const c10::optional<at::Tensor>& bias, int64_t group) {
   TORCH_CHECK(amx_available(), "lowbit: AMX tile state not granted by the kernel");
   std::vector<at::Tensor> keep;

@@ -1,5 +1,5 @@
 // NF4 (QLoRA, Dettmers et al. 2023) weight-only Linear with double-quantized block scales.
-// Spec: lowbit.kernels.nf4.reference_linear_nf4 (= QTensor.dequantize() then F.linear).
+// Spec: lowbit.kernels.reference.linear_nf4 (= QTensor.dequantize() then F.linear).
 //   codes  uint8 [N, K/2]: byte j of a row = element 2j (low nibble) | element 2j+1 (high nibble)
 //   absmax of block b (b = n * K/bs + k/bs), QLoRA's double quantization:
 //     s[b] = float(s8[b]) * s2[b / 256] + offset      s8 int8 [P >= N*K/bs], s2 fp32 [P/256]
@@ -9,7 +9,7 @@
 // x is de-interleaved once per call (per 32 elements: the 16 even ones, then the 16 odd ones) so
 // the low nibbles of 16 bytes meet x[2j] and the high nibbles x[2j+1]. fp32 FMA throughout: the
 // only difference from the reference is the order of the sums. Rows are split over threads.
-// Large M: nf4_dequant writes the fp32 [N, K] weight for one dense GEMM.
+// Large M (nf4_dense_fp32): nf4_dequant writes the fp32 [N, K] weight for one dense GEMM.
 #include "common.h"
 
 namespace lowbit {
@@ -119,7 +119,7 @@ void nf4_linear_impl(const at::Tensor& x, NF4Args& a, at::Tensor& y) {
 
 // x [M, K] fp32|bf16 (K % 32 == 0, block_size % 32 == 0), codes uint8 [N, K/2], s8 int8 [P],
 // s2 fp32 [P/256], bias fp32 [N] -> y [M, N] in x's dtype.
-at::Tensor nf4_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& s8,
+at::Tensor nf4_gemv(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& s8,
                       const at::Tensor& s2, double offset, int64_t block_size,
                       const c10::optional<at::Tensor>& bias) {
   NF4Args a = args_of(codes, s8, s2, offset, block_size);
@@ -157,6 +157,15 @@ at::Tensor nf4_dequant(const at::Tensor& codes, const at::Tensor& s8, const at::
       }
   });
   return w;
+}
+
+// Large-M path: the weight dequantized to fp32 once, then one GEMM in x's dtype.
+at::Tensor nf4_dense_fp32(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& s8,
+                          const at::Tensor& s2, double offset, int64_t block_size,
+                          const c10::optional<at::Tensor>& bias) {
+  const at::Tensor w = nf4_dequant(codes, s8, s2, offset, block_size).to(x.scalar_type());
+  if (!bias.has_value()) return at::linear(x, w);
+  return at::linear(x, w, bias->to(x.scalar_type()));
 }
 
 }  // namespace lowbit
