@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .._memory import release_freed_memory
-from ..calibration import find_blocks
+from ..blocks import find_blocks
 from ..nn.swap import LayerReport, QuantReport
 from ..qat import distillation_loss, fit
 from .base import LayerPlan, Plan, Recipe

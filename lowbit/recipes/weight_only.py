@@ -11,13 +11,13 @@ from ..algorithms.awq import awq_quantize, awq_scale
 from ..algorithms.gptq import gptq
 from ..algorithms.hqq import hqq
 from ..algorithms.rtn import rtn
-from ..blocks import LINEAR_TYPES, linear_weight
+from ..blocks import LINEAR_TYPES, find_blocks, linear_weight
 from ..calibration import BlockRunner
 from ..formats import QFormat, bits_per_weight, int_format
 from ..nn import QEmbedding, QLinear, QuantReport, Skip, swap_modules
 from ..nn.swap import matches
 from ..qtensor import QTensor
-from .base import ActivationQuant, LayerPlan, Recipe, float_bytes, patterns
+from .base import ActivationQuant, LayerPlan, Plan, Recipe, float_bytes, patterns
 from .registry import prefixed_int, register
 
 log = logging.getLogger("lowbit")
@@ -153,6 +153,20 @@ class WeightOnly(Recipe):
         if self.symmetric is not None:
             tokens.append("sym" if self.symmetric else "asym")
         return tokens, {"num_bits", "group_size", "embeddings", "symmetric", "method"}
+
+    def plan(self, model: nn.Module) -> Plan:
+        plan = super().plan(model)
+        if self.method not in CALIBRATED:
+            return plan
+        try:
+            prefix, _ = find_blocks(model)
+        except ValueError as err:  # apply() raises the same; the plan says it per layer
+            plan.layers = [replace(p, status="error", reason=str(err)) if p.status == "quantize" else p
+                           for p in plan.layers]
+            return plan
+        plan.layers = [replace(p, reason=OUTSIDE_BLOCKS) if p.status == "quantize" and p.module_type != "Embedding"
+                       and not p.name.startswith(prefix + ".") else p for p in plan.layers]
+        return plan
 
     def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
         W = module.weight
