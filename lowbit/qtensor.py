@@ -65,7 +65,9 @@ class QTensor:
             flat = scale.float().reshape(1, -1)
             offset = flat.mean().reshape(1)
             stored_scale = _quantize_scales(flat - offset, scale.shape)
-        return cls(data, stored_scale, zero_point, fmt, torch.Size(shape), offset)
+        contiguous = lambda t: t if t is None or isinstance(t, QTensor) else t.contiguous()  # noqa: E731
+        return cls(data.contiguous(), contiguous(stored_scale), contiguous(zero_point), fmt,
+                   torch.Size(shape), offset)
 
     # --- recovery ----------------------------------------------------------------------
     def int_values(self) -> torch.Tensor:
