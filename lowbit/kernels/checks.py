@@ -3,7 +3,7 @@
 Every registration of an op (reference, CPU, CUDA, fake) runs its check first, so nothing reaches
 a kernel unchecked: a mistake raises ValueError saying what was expected and what came. The
 schema has already checked the argument types (Tensor, int); these check dtypes, shapes,
-contiguity, devices and value ranges against the weight layouts of ``reference.py``. They run
+devices and value ranges against the weight layouts of ``reference.py``. They run
 on every call (~2 us), so they read each tensor attribute once.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _fail(op: str, what: str, expected: str, got) -> None:
 
 
 def _matrix(op, name, t, dtype, layout: str) -> torch.Size:
-    """Shape of a contiguous 2-D ``dtype`` weight tensor; ``layout`` names its expected shape."""
+    """Shape of a 2-D ``dtype`` weight tensor; ``layout`` names its expected shape."""
     shape = t.shape
     if len(shape) != 2:
         _fail(op, name, f"a {dtype} matrix {layout}", f"shape {list(shape)}")
@@ -29,13 +29,12 @@ def _matrix(op, name, t, dtype, layout: str) -> torch.Size:
 
 
 def _tensor(op, name, t, dtype, shape=None) -> None:
-    """t is a contiguous ``dtype`` tensor (of ``shape``, unless None)."""
+    """t is a ``dtype`` tensor (of ``shape``, unless None). Any strides: the C++ bindings make
+    each tensor contiguous (a no-op for the layouts lowbit stores)."""
     if t.dtype != dtype:
         _fail(op, f"{name}.dtype", str(dtype), t.dtype)
     if shape is not None and t.shape != shape:
         _fail(op, f"{name}.shape", str(list(shape)), list(t.shape))
-    if not t.is_contiguous():
-        _fail(op, name, "contiguous (call .contiguous() on it)", f"strides {t.stride()}")
 
 
 def _x_bias_devices(op, x, K: int, bias, N: int, names: tuple, *weights) -> None:

@@ -123,3 +123,13 @@ def test_lowbit_layer_runs_the_lowbit_kernel():
         x = torch.randn(2, 128)
         assert q.op == "linear_lowbit" and q.kernel(x) == "cpu.lowbit_gemv"
         assert rel_err(q(x), reference.linear_dequant(x, q.weight.dequantize(), lin.bias)) < 1e-2
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_kernels_take_weights_of_any_strides(op):
+    args = weight_args(op, 24, 256, 64)
+    strided = [a.t().contiguous().t() if isinstance(a, torch.Tensor) and a.dim() == 2 else a for a in args]
+    rest = (None, None) if op == "linear_w8a8_dynamic" else (None,)
+    x = torch.randn(3, 256)
+    for name in kernels_of(op):
+        assert torch.equal(dispatch.kernel(name)(x, *strided, *rest), dispatch.kernel(name)(x, *args, *rest)), name

@@ -89,6 +89,15 @@ def test_fake_kernels_give_the_shape_and_still_check(op):
         lk.OPS[op](torch.empty(2, 64, device="meta"), *args)
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_weights_of_any_strides_are_accepted(op, stand_in):
+    args = weight_args(op, 24, 128, 64)
+    strided = [a.t().contiguous().t() if isinstance(a, torch.Tensor) and a.dim() == 2 else a for a in args]
+    assert any(isinstance(a, torch.Tensor) and not a.is_contiguous() for a in strided)
+    x = torch.randn(3, 128)
+    torch.testing.assert_close(lk.OPS[op](x, *strided), getattr(reference, op)(x, *args))
+
+
 def test_linear_dequant_is_f_linear_and_keeps_leading_dims():
     x, w = torch.randn(2, 3, 128)[..., ::2], torch.randn(24, 64)  # (2, 3, 64), not contiguous
     torch.testing.assert_close(lk.linear_dequant(x, w), F.linear(x, w))
@@ -101,7 +110,6 @@ def test_linear_dequant_is_f_linear_and_keeps_leading_dims():
     (lambda x, q, s, p, s4, z4: lk.linear_int4(x, p, s4.float(), z4, 64), r"scale.dtype must be torch.bfloat16"),
     (lambda x, q, s, p, s4, z4: lk.linear_int4(x, p.to(torch.int8), s4, z4, 64), r"packed.dtype must be torch.uint8"),
     (lambda x, q, s, p, s4, z4: lk.linear_int4(x, p, s4[:, :1], z4, 64), r"scale.shape must be \[8, 2\], got \[8, 1\]"),
-    (lambda x, q, s, p, s4, z4: lk.linear_int4(x, p.t().contiguous().t(), s4, z4, 64), r"packed must be contiguous"),
     (lambda x, q, s, p, s4, z4: lk.linear_int8_weight_only(x.double(), q, s), r"x.dtype must be torch.float32 or"),
     (lambda x, q, s, p, s4, z4: lk.linear_int8_weight_only(x[:, :100], q, s), r"x.shape must be \[..., 128\]"),
     (lambda x, q, s, p, s4, z4: lk.linear_int8_weight_only(x, q[0], s), r"qweight must be a torch.int8 matrix"),
@@ -140,7 +148,6 @@ def _nf4_case(N=8, K=576, block=64):
     (lambda x, c, s8, s2, o, b: (x, c, s8, s2, o, 256), r"block_size must be a divisor of K = 576"),
     (lambda x, c, s8, s2, o, b: (x, c.view(torch.int8), s8, s2, o, b), r"codes.dtype must be torch.uint8"),
     (lambda x, c, s8, s2, o, b: (x, c.reshape(-1), s8, s2, o, b), r"codes must be a torch.uint8 matrix"),
-    (lambda x, c, s8, s2, o, b: (x, c.t().contiguous().t(), s8, s2, o, b), r"codes must be contiguous"),
     (lambda x, c, s8, s2, o, b: (x, c, s8, s2.to("meta"), o, b), r"s2.device must be x's"),
 ])
 def test_nf4_bad_inputs_raise_value_error(change, match, stand_in):
@@ -161,3 +168,24 @@ def test_nf4_wrong_width_input_raises_at_any_size():
     assert layer.op == "linear_nf4"
     with pytest.raises(ValueError, match=r"lowbit.kernels.linear_nf4: x.shape must be \[..., 256\]"):
         layer(torch.randn(2, 32))
+
+
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.enable_grad, torch.inference_mode])
+def test_dispatch_modes_see_the_op_whatever_the_grad_mode(grad_mode):
+    """The autograd kernel's shortcut to the CPU kernel must not skip a mode (profilers, fake
+    tensors): it is taken only when the dispatcher would go there next."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    args = weight_args("linear_int4", 8, 64, 32)
+    with grad_mode(), Record() as mode:
+        lk.linear_int4(torch.randn(2, 64), *args)
+    assert lk.OPS["linear_int4"] in mode.ops

@@ -1,7 +1,8 @@
 // Python bindings of lowbit's CPU kernels. Each kernel is bound under the name kernel_for gives it
 // ("cpu.<name>", lowbit/kernels/dispatch.py) and takes its op's arguments in the schema's order
 // (lowbit/kernels/ops.py), x flattened to a contiguous [M, K]. lowbit/kernels/checks.py has checked
-// every input before any of this runs; here the bias becomes fp32 and NF4's offset a float.
+// every input before any of this runs; here every tensor is made contiguous (a no-op for the
+// layouts lowbit stores), the bias fp32 and NF4's offset a float.
 #include <torch/extension.h>
 
 #include "common.h"
@@ -39,32 +40,37 @@ OptTensor fp32(const OptTensor& bias) {
 
 // Adapters from an op's arguments (x, weight args..., bias, options) to its kernels' C++ entries.
 auto int8(at::Tensor (*kernel)(T, T, T, const OptTensor&)) {
-  return [kernel](T x, T q, T scale, const OptTensor& bias) { return kernel(x, q, scale, fp32(bias)); };
+  return [kernel](T x, T q, T scale, const OptTensor& bias) {
+    return kernel(x.contiguous(), q.contiguous(), scale.contiguous(), fp32(bias));
+  };
 }
 
 auto int4(at::Tensor (*kernel)(T, T, T, T, int64_t, const OptTensor&)) {
   return [kernel](T x, T packed, T scale, T zero_point, int64_t group_size, const OptTensor& bias) {
-    return kernel(x, packed, scale, zero_point, group_size, fp32(bias));
+    return kernel(x.contiguous(), packed.contiguous(), scale.contiguous(), zero_point.contiguous(), group_size,
+                  fp32(bias));
   };
 }
 
 auto lowbit_bits(at::Tensor (*kernel)(T, T, T, T, int64_t, int64_t, const OptTensor&)) {
   return [kernel](T x, T packed, T scale, T zero_point, int64_t group_size, int64_t bits, const OptTensor& bias) {
-    return kernel(x, packed, scale, zero_point, group_size, bits, fp32(bias));
+    return kernel(x.contiguous(), packed.contiguous(), scale.contiguous(), zero_point.contiguous(), group_size,
+                  bits, fp32(bias));
   };
 }
 
 // (x, qweight, scale, bias, act_group_size: None = one scale per token).
 auto w8a8(at::Tensor (*kernel)(T, T, T, const OptTensor&, int64_t)) {
   return [kernel](T x, T q, T scale, const OptTensor& bias, c10::optional<int64_t> group) {
-    return kernel(x, q, scale, fp32(bias), group.value_or(0));
+    return kernel(x.contiguous(), q.contiguous(), scale.contiguous(), fp32(bias), group.value_or(0));
   };
 }
 
 // (x, codes, s8, s2, offset fp32 [1], block_size, bias).
 auto nf4(at::Tensor (*kernel)(T, T, T, T, double, int64_t, const OptTensor&)) {
   return [kernel](T x, T codes, T s8, T s2, T offset, int64_t block_size, const OptTensor& bias) {
-    return kernel(x, codes, s8, s2, *offset.data_ptr<float>(), block_size, fp32(bias));
+    return kernel(x.contiguous(), codes.contiguous(), s8.contiguous(), s2.contiguous(), *offset.data_ptr<float>(),
+                  block_size, fp32(bias));
   };
 }
 }  // namespace
