@@ -173,6 +173,57 @@ class QFormat:
         return cls(**d)
 
 
+ACT_MODES = ("dynamic", "static")
+ACT_GRANULARITIES = ("token", "tensor")
+
+
+@dataclass(frozen=True)
+class ActivationQuant:
+    """How a layer's input is quantized to int8 at run time (a recipe with None is weight-only).
+
+    Args:
+        mode: ``"dynamic"`` (scales computed from each input) or ``"static"`` (calibrated once).
+        granularity: ``"token"`` (one scale per token) or ``"tensor"`` (one per call/layer).
+        group_size: with per-token scales, one scale per token and this many inputs.
+        outlier_threshold: LLM.int8(): input columns with some ``|x|`` above it stay float.
+        observer: static ranges: how the calibration chose them (``"absmax"``, ``"histogram"``, ...).
+    """
+
+    mode: str
+    granularity: str = "token"
+    group_size: int | None = None
+    outlier_threshold: float | None = None
+    observer: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ACT_MODES:
+            raise ValueError(f"ActivationQuant.mode must be one of {ACT_MODES}, got {self.mode!r}")
+        if self.granularity not in ACT_GRANULARITIES:
+            raise ValueError(f"ActivationQuant.granularity must be one of {ACT_GRANULARITIES}, "
+                             f"got {self.granularity!r}")
+        if self.group_size is not None and (self.granularity != "token" or self.group_size <= 0
+                                            or self.group_size % 64):
+            raise ValueError(f"ActivationQuant.group_size goes with per-token scales and must be a "
+                             f"multiple of 64, got {self.group_size!r} ({self.granularity})")
+
+    def label(self) -> str:
+        """e.g. ``int8 dynamic per token x 64`` or ``int8 static per tensor (histogram)``."""
+        text = f"int8 {self.mode} per {self.granularity}"
+        if self.group_size:
+            text += f" x {self.group_size}"
+        if self.outlier_threshold is not None:
+            text += f", columns |x| > {self.outlier_threshold:g} in fp32"
+        return text + (f" ({self.observer})" if self.observer else "")
+
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ActivationQuant":
+        return cls(**d)
+
+
 def int_format(num_bits: int, *, signed: bool = True, symmetric: bool = True,
                group_size: int | None = None, scale_dtype: str | None = None) -> QFormat:
     """An integer format; per channel unless ``group_size`` is given (scales bf16 then)."""

@@ -82,7 +82,7 @@ class _ExportView(nn.Module):
             y = F.conv2d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
         else:
             y = F.linear(x, w, b)
-        y = _ACT_FN[m.activation](y)
+        y = _ACT_FN[m.fused](y)
         if not m.output_float:
             y = _QDQ.apply(y, m.output_scale, m.output_zero_point)
         return y

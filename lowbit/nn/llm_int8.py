@@ -6,7 +6,7 @@ from torch import nn
 
 from .. import kernels
 from ..algorithms.llm_int8 import decompose, outlier_columns
-from ..formats import INT8
+from ..formats import INT8, ActivationQuant
 from ..qtensor import QTensor
 from .base import QModule, register_layer
 
@@ -49,7 +49,6 @@ class LLMInt8Linear(_Int8Linear):
     an integer gives one scale per token and group of that many inputs (see ``DynamicPTQ``).
     """
 
-    activation = "llm_int8"
 
     def __init__(self, weight: QTensor, bias: torch.Tensor | None = None, threshold: float = 6.0,
                  act_group_size: int | None = None) -> None:
@@ -66,6 +65,10 @@ class LLMInt8Linear(_Int8Linear):
     @property
     def act_group_size(self) -> int | None:
         return int(self.act_group) or None
+
+    @property
+    def activation(self) -> ActivationQuant:
+        return ActivationQuant("dynamic", "token", self.act_group_size, float(self.threshold))
 
     @classmethod
     def from_float(cls, linear: nn.Linear, threshold: float = 6.0, *, act_group_size: int | None = None,
@@ -114,7 +117,7 @@ class StaticW8A8Linear(_Int8Linear):
     with the model.
     """
 
-    activation = "int8_static"
+    activation = ActivationQuant("static", "tensor", observer="absmax")
 
     def __init__(self, weight: QTensor, bias: torch.Tensor | None = None,
                  input_scale: torch.Tensor | float = 1.0) -> None:

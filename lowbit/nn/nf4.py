@@ -21,12 +21,9 @@ class NF4Linear(QLinear):
     """
 
     def __init__(self, weight: QTensor, bias: torch.Tensor | None = None,
-                 activation: str | None = None) -> None:
+                 activation: "ActivationQuant | None" = None) -> None:
         super().__init__(weight, bias, activation)
         fmt = weight.format
         if fmt.kind != "codebook" or fmt.name != "nf4" or fmt.granularity != "group":
             raise ValueError(f"NF4Linear needs an NF4 group-wise weight, got {fmt.label()}")
 
-    @classmethod
-    def from_config(cls, weight: QTensor, config: dict, bias: torch.Tensor | None) -> "NF4Linear":
-        return cls(weight, bias, config.get("activation"))

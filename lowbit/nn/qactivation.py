@@ -27,11 +27,11 @@ class QActivation:
     (``__torch_function__``), and the producing layer is told so (``feeds_float``).
     """
 
-    __slots__ = ("q", "scale", "zero_point", "producer", "activation")
+    __slots__ = ("q", "scale", "zero_point", "producer", "fused")
 
-    def __init__(self, q, scale: float, zero_point: int, producer=None, activation=None):
+    def __init__(self, q, scale: float, zero_point: int, producer=None, fused=None):
         self.q, self.scale, self.zero_point = q, scale, zero_point
-        self.producer, self.activation = producer, activation
+        self.producer, self.fused = producer, fused  # fused: the ReLU/ReLU6 its kernel applied
 
     shape = property(lambda self: self.q.shape)
     device = property(lambda self: self.q.device)
@@ -49,7 +49,7 @@ class QActivation:
         return dequantize_u8(self.q, self.scale, self.zero_point)
 
     def _like(self, q) -> "QActivation":
-        return QActivation(q, self.scale, self.zero_point, self.producer, self.activation)
+        return QActivation(q, self.scale, self.zero_point, self.producer, self.fused)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -97,7 +97,7 @@ def _on_grid(func, x: QActivation, rest, kwargs):
             hi = kwargs.get("max_val", rest[1] if len(rest) > 1 else 1.0)
         else:
             lo, hi = 0.0, (6.0 if name == "relu6" else None)
-        fused = {"relu": (0.0, None), "relu6": (0.0, 6.0)}.get(x.activation)
+        fused = {"relu": (0.0, None), "relu6": (0.0, 6.0)}.get(x.fused)
         if fused is not None and lo <= fused[0] and (hi is None or (fused[1] is not None and hi >= fused[1])):
             return x  # the producing kernel already applied it
         qlo = max(0, min(255, round(lo / x.scale) + x.zero_point))

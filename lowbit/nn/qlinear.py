@@ -6,18 +6,23 @@ from torch import nn
 
 from .. import kernels
 from ..kernels import checks
-from ..formats import QFormat
+from ..formats import ActivationQuant, QFormat
 from ..qtensor import QTensor
 from .base import QModule, register_layer
 
-ACTIVATIONS = (None, "int8_dynamic")
 
-
-def kernel_op(fmt: QFormat, activation: str | None) -> str:
-    """Which kernel op serves a weight format (and activation mode); the one place it is decided."""
+def kernel_op(fmt: QFormat, activation: ActivationQuant | None) -> str:
+    """Which kernel op serves a weight format (and activation quantization); the one place it
+    is decided. QLinear quantizes activations only dynamically, per token (x group)."""
     int8_channel = (fmt.kind == "int" and fmt.num_bits == 8 and fmt.signed and fmt.symmetric
                     and fmt.granularity == "channel" and fmt.scale_dtype == "float32")
-    if activation == "int8_dynamic":
+    if activation is not None:
+        if not isinstance(activation, ActivationQuant):
+            raise TypeError(f"activation must be a lowbit.formats.ActivationQuant or None, got {activation!r}")
+        if (activation.mode, activation.granularity, activation.outlier_threshold) != ("dynamic", "token", None):
+            raise ValueError(f"QLinear quantizes activations dynamically per token (x group); got "
+                             f"{activation.label()}: use LLMInt8Linear for outlier columns, "
+                             f"StaticW8A8Linear or StaticPTQ's layers for static scales")
         if not int8_channel:
             raise ValueError(
                 f"W8A8 dynamic needs int8 symmetric per-channel weights with fp32 scales, got "
@@ -66,33 +71,30 @@ class QLinear(QModule):
     """
 
     def __init__(self, weight: QTensor, bias: torch.Tensor | None = None,
-                 activation: str | None = None, act_group_size: int | None = None) -> None:
+                 activation: ActivationQuant | None = None) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"QLinear activation must be one of {ACTIVATIONS}, got {activation!r}")
         if len(weight.shape) != 2:
             raise ValueError(f"QLinear needs a 2-D [out, in] weight, got shape {tuple(weight.shape)}")
         self.out_features, self.in_features = weight.shape
-        if act_group_size is not None:
-            if activation != "int8_dynamic":
-                raise ValueError(f"QLinear act_group_size={act_group_size} needs activation="
-                                 f"'int8_dynamic', got {activation!r}")
-            checks.act_group("QLinear", act_group_size, self.in_features)
+        self.op = kernel_op(weight.format, activation)
+        if activation is not None:
+            checks.act_group("QLinear", activation.group_size, self.in_features)
         self.weight = weight
         self.activation = activation
-        self.act_group_size = act_group_size
-        self.op = kernel_op(weight.format, activation)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
+    @property
+    def act_group_size(self) -> int | None:
+        return None if self.activation is None else self.activation.group_size
+
     @classmethod
-    def from_float(cls, linear: nn.Linear, fmt: QFormat, *, activation: str | None = None,
-                   act_group_size: int | None = None, name: str = "linear",
-                   weight: QTensor | None = None) -> "QLinear":
+    def from_float(cls, linear: nn.Linear, fmt: QFormat, *, activation: ActivationQuant | None = None,
+                   name: str = "linear", weight: QTensor | None = None) -> "QLinear":
         """Quantize ``linear`` (round to nearest unless an algorithm hands in ``weight``)."""
+        kernel_op(fmt, activation)  # raise early, with the format in the message
         if weight is None:
             weight = QTensor.from_float(linear.weight.detach(), fmt, name=name)
-        kernel_op(fmt, activation)  # raise early, with the format in the message
-        return cls(weight, linear.bias, activation, act_group_size)
+        return cls(weight, linear.bias, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.OPS[self.op](x, *OP_ARGS[self.op](self, x))  # e.g. torch.ops.lowbit.linear_int4
@@ -104,20 +106,20 @@ class QLinear(QModule):
         return kernels.kernel_for(self.op, x.device, x.dtype, x.shape)
 
     @classmethod
-    def planned_kernel(cls, fmt: QFormat, activation: str | None, in_features: int,
+    def planned_kernel(cls, fmt: QFormat, activation: ActivationQuant | None, in_features: int,
                        device: str = "cpu") -> str:
         """The kernel a layer of this class with ``fmt`` would run for one token (for plans)."""
         return kernels.kernel_for(kernel_op(fmt, activation), device, torch.float32, (1, in_features))
 
     def config(self) -> dict:
-        return {"activation": self.activation, "act_group_size": self.act_group_size}
+        return {"activation": None if self.activation is None else self.activation.to_dict()}
 
     @classmethod
     def from_config(cls, weight: QTensor, config: dict, bias: torch.Tensor | None) -> "QLinear":
-        return cls(weight, bias, config.get("activation"), config.get("act_group_size"))
+        act = config.get("activation")
+        return cls(weight, bias, None if act is None else ActivationQuant.from_dict(act))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"format={self.weight.format.label()}, op={self.op}"
-                + (f", activation={self.activation}" if self.activation else "")
-                + (f", act_group_size={self.act_group_size}" if self.act_group_size else ""))
+                + (f", activations {self.activation.label()}" if self.activation else ""))

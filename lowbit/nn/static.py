@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..formats import QFormat
+from ..formats import ActivationQuant, QFormat
 from ..observers import UINT8_TENSOR, Observer
 from ..qtensor import QTensor
 from .base import QModule, register_layer
@@ -60,16 +60,16 @@ class Observed(nn.Module):
     int8 :class:`QTensor` it will run with, so the report can describe it before calibration.
     """
 
-    def __init__(self, module: nn.Module, weight: QTensor, activation: str | None,
+    def __init__(self, module: nn.Module, weight: QTensor, fused: str | None,
                  input_observer: Observer, output_observer: Observer) -> None:
         super().__init__()
-        self.float_module, self.weight, self.activation = module, weight, activation
+        self.float_module, self.weight, self.fused = module, weight, fused
         self.input_observer, self.output_observer = input_observer, output_observer
         self.op = "conv" if isinstance(module, nn.Conv2d) else "linear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.input_observer.update(x)
-        y = _ACT_FN[self.activation](self.float_module(x))
+        y = _ACT_FN[self.fused](self.float_module(x))
         self.output_observer.update(y)
         return y
 
@@ -81,12 +81,12 @@ class Observed(nn.Module):
 class _StaticInt8(QModule):
     """Shared state of QConv2dStatic and QLinearStatic: weights, ranges, I/O bookkeeping."""
 
-    def __init__(self, weight: QTensor, bias: torch.Tensor | None, activation: str | None,
+    def __init__(self, weight: QTensor, bias: torch.Tensor | None, fused: str | None,
                  input_qparams: tuple[float, int], output_qparams: tuple[float, int]) -> None:
         super().__init__()
         if weight.format.kind != "int" or weight.format.num_bits != 8 or not weight.format.signed:
             raise ValueError(f"static int8 layers need signed 8-bit weights, got {weight.format.label()}")
-        self.activation = activation
+        self.fused = fused  # ReLU / ReLU6 applied by the kernel (a post-op), or None
         # derived from ``weight`` (for the kernel and the ONNX export), so not saved twice
         self.register_buffer("w_int8", None, persistent=False)             # (out, ...)
         self.register_buffer("w_scale", None, persistent=False)            # (out,)
@@ -102,7 +102,7 @@ class _StaticInt8(QModule):
         self.feeds_int8 = False
         self.inputs_seen: set[str] = set()   # "int8" and/or "float"
         self.input_used: tuple[float, int] | None = None  # the input grid the kernel saw
-        self.post_op, self.post_args = _POST_OPS[activation]
+        self.post_op, self.post_args = _POST_OPS[fused]
 
     def _set_weight(self, weight: QTensor, pack: bool = True) -> None:
         self.weight = weight
@@ -158,14 +158,14 @@ class _StaticInt8(QModule):
     def _wrap(self, y: torch.Tensor):
         if self.output_float:
             return y
-        return QActivation(y, self.output_scale, self.output_zero_point, self, self.activation)
+        return QActivation(y, self.output_scale, self.output_zero_point, self, self.fused)
 
     def io(self) -> str:
         """What flows in and out, e.g. ``u8 in (previous layer) -> u8 out``."""
         src = {frozenset({"int8"}): "u8 in", frozenset({"float"}): "float in (quantize step)"}
         inp = src.get(frozenset(self.inputs_seen), "u8 or float in" if self.inputs_seen else "?")
         out = "fp32 out" if self.output_float else "u8 out"
-        act = f", {self.activation} fused" if self.activation else ""
+        act = f", {self.fused} fused" if self.fused else ""
         return f"{inp} -> {out}{act}"
 
     def kernel(self, x=None) -> str:
@@ -175,12 +175,16 @@ class _StaticInt8(QModule):
         bias = 0 if self.bias is None else self.bias.numel() * 4
         return self.weight.nbytes + bias, self.weight.numel
 
+    @property
+    def activation(self) -> ActivationQuant:
+        return ActivationQuant("static", "tensor")
+
     @classmethod
     def planned_kernel(cls, fmt, activation, in_features: int, device: str = "cpu") -> str:
         return KERNELS[cls.op]
 
     def config(self) -> dict:
-        return {"activation": self.activation,
+        return {"fused": self.fused,
                 "input_qparams": [self.input_scale, self.input_zero_point, self.input_qmax],
                 "output_qparams": [self.output_scale, self.output_zero_point],
                 "output_float": self.output_float,
@@ -194,7 +198,7 @@ class _StaticInt8(QModule):
     def from_config(cls, weight: QTensor, config: dict, bias: torch.Tensor | None) -> "_StaticInt8":
         float_layer = SimpleNamespace(bias=bias, **{k: config[k] for k in ("stride", "padding", "dilation",
                                                                            "groups") if k in config})
-        layer = cls(float_layer, weight, config["activation"], tuple(config["input_qparams"]),
+        layer = cls(float_layer, weight, config["fused"], tuple(config["input_qparams"]),
                     tuple(config["output_qparams"]))
         layer.output_float = bool(config["output_float"])
         layer.input_used = tuple(config["input_used"]) if config.get("input_used") else None
@@ -208,8 +212,8 @@ class QConv2dStatic(_StaticInt8):
 
     op = "conv"
 
-    def __init__(self, conv: nn.Conv2d, weight: QTensor, activation, input_qparams, output_qparams):
-        super().__init__(weight, conv.bias, activation, input_qparams, output_qparams)
+    def __init__(self, conv: nn.Conv2d, weight: QTensor, fused, input_qparams, output_qparams):
+        super().__init__(weight, conv.bias, fused, input_qparams, output_qparams)
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.packed = self._pack()
@@ -244,8 +248,8 @@ class QLinearStatic(_StaticInt8):
 
     op = "linear"
 
-    def __init__(self, linear: nn.Linear, weight: QTensor, activation, input_qparams, output_qparams):
-        super().__init__(weight, linear.bias, activation, input_qparams, output_qparams)
+    def __init__(self, linear: nn.Linear, weight: QTensor, fused, input_qparams, output_qparams):
+        super().__init__(weight, linear.bias, fused, input_qparams, output_qparams)
         self.packed = self._pack()
 
     def _pack(self):
@@ -286,7 +290,7 @@ def convert_observed(observed: Observed) -> _StaticInt8:
     in_scale, in_zp = observed.input_observer.qparams(fmt)
     out_scale, out_zp = observed.output_observer.qparams(fmt)
     cls = QConv2dStatic if observed.op == "conv" else QLinearStatic
-    return cls(observed.float_module, observed.weight, observed.activation,
+    return cls(observed.float_module, observed.weight, observed.fused,
                (in_scale.item(), int(in_zp.item()), fmt.qmax), (out_scale.item(), int(out_zp.item())))
 
 

@@ -167,9 +167,8 @@ def layer_report(name: str, kind: str, module: nn.Module) -> LayerReport:
     w = module.weight
     label = w.format.label()
     activation = getattr(module, "activation", None)
-    if activation:
-        group = getattr(module, "act_group_size", None)
-        label += f", activations {activation} " + (f"per token x {group} inputs" if group else "per token")
+    if activation is not None:
+        label += f", activations {activation.label()}"
     return LayerReport(name, kind, "quantized", label, module.kernel(), round(w.bits_per_weight, 4))
 
 

@@ -21,52 +21,10 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..formats import QFormat
+from ..formats import ActivationQuant, QFormat  # noqa: F401  (ActivationQuant re-exported)
 from ..nn.swap import QuantReport, walk
 
 log = logging.getLogger("lowbit")
-
-ACT_MODES = ("dynamic", "static")
-ACT_GRANULARITIES = ("token", "tensor")
-
-
-@dataclass(frozen=True)
-class ActivationQuant:
-    """How a layer's input is quantized to int8 at run time (a recipe with None is weight-only).
-
-    Args:
-        mode: ``"dynamic"`` (scales computed from each input) or ``"static"`` (calibrated once).
-        granularity: ``"token"`` (one scale per token) or ``"tensor"`` (one per call/layer).
-        group_size: with per-token scales, one scale per token and this many inputs.
-        outlier_threshold: LLM.int8(): input columns with some ``|x|`` above it stay float.
-        observer: static ranges: how the calibration chose them (``"absmax"``, ``"histogram"``, ...).
-    """
-
-    mode: str
-    granularity: str = "token"
-    group_size: int | None = None
-    outlier_threshold: float | None = None
-    observer: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in ACT_MODES:
-            raise ValueError(f"ActivationQuant.mode must be one of {ACT_MODES}, got {self.mode!r}")
-        if self.granularity not in ACT_GRANULARITIES:
-            raise ValueError(f"ActivationQuant.granularity must be one of {ACT_GRANULARITIES}, "
-                             f"got {self.granularity!r}")
-        if self.group_size is not None and (self.granularity != "token" or self.group_size % 64):
-            raise ValueError(f"ActivationQuant.group_size goes with per-token scales and must be a "
-                             f"multiple of 64, got {self.group_size!r} ({self.granularity})")
-
-    def label(self) -> str:
-        """e.g. ``int8 dynamic per token x 64`` or ``int8 static per tensor (histogram)``."""
-        text = f"int8 {self.mode} per {self.granularity}"
-        if self.group_size:
-            text += f" x {self.group_size}"
-        if self.outlier_threshold is not None:
-            text += f", columns |x| > {self.outlier_threshold:g} in fp32"
-        return text + (f" ({self.observer})" if self.observer else "")
-
 
 @dataclass(frozen=True)
 class LayerPlan:

@@ -38,7 +38,7 @@ class LLMInt8(Recipe):
         return ActivationQuant("dynamic", "token", self.act_group_size, self.threshold)
 
     def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
-        return int8_layer_plan(name, module, None, self.activation, layer=LLMInt8Linear)
+        return int8_layer_plan(name, module, self.activation, layer=LLMInt8Linear)
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:

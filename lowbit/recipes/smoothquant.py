@@ -65,7 +65,7 @@ class StaticW8A8(Recipe):
         return "W8A8 static per-tensor (naive)"
 
     def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
-        return int8_layer_plan(name, module, None, self.activation, layer=StaticW8A8Linear)
+        return int8_layer_plan(name, module, self.activation, layer=StaticW8A8Linear)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         absmax = input_absmax(model, data, _names(model, self), self.batch_size)
@@ -125,8 +125,8 @@ class SmoothQuant(StaticW8A8):
 
     def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
         if self.act_mode == "dynamic":
-            return int8_layer_plan(name, module, "int8_dynamic", self.activation)
-        return int8_layer_plan(name, module, None, self.activation, layer=StaticW8A8Linear)
+            return int8_layer_plan(name, module, self.activation)
+        return int8_layer_plan(name, module, self.activation, layer=StaticW8A8Linear)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         names = _names(model, self)
@@ -225,7 +225,7 @@ def _accepts_use_cache(model: nn.Module) -> bool:
 def _swap_w8a8(model: nn.Module, recipe: Recipe, absmax: dict, activation: str) -> QuantReport:
     def build(name: str, module: nn.Module) -> nn.Module:
         if activation == "dynamic":
-            return QLinear.from_float(module, INT8, activation="int8_dynamic", name=name)
+            return QLinear.from_float(module, INT8, activation=ActivationQuant("dynamic", "token"), name=name)
         W = QTensor.from_float(module.weight.detach(), INT8, name=name)
         return StaticW8A8Linear(W, module.bias, sq.static_scale(absmax[name]))
 

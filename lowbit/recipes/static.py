@@ -102,10 +102,10 @@ class StaticPTQ(Recipe):
             raise ValueError("StaticPTQ got no calibration batches: pass data=[batch, ...]")
         model.eval()
         with torch.no_grad():
-            conv_bn, activation = trace_pairs(model, lambda m: _call(m, batches[0]))
+            conv_bn, fused = trace_pairs(model, lambda m: _call(m, batches[0]))
             if self.fold_bn:
                 fold_model(model, conv_bn)
-            report = swap_modules(model, self._observe(activation), types=self.layer_types,
+            report = swap_modules(model, self._observe(fused), types=self.layer_types,
                                   include=self.include, exclude=self.exclude,
                                   recipe=self.describe())
             for batch in tqdm(batches, desc="calibrating", unit="batch", disable=None):
@@ -117,7 +117,7 @@ class StaticPTQ(Recipe):
             log.debug("lowbit static: %s", note)
         return _final_report(model, report)
 
-    def _observe(self, activation: dict[str, str]):
+    def _observe(self, fused: dict[str, str]):
         fmt = self.weight_format
 
         def build(name: str, module: nn.Module) -> Observed:
@@ -125,7 +125,7 @@ class StaticPTQ(Recipe):
             if why:
                 raise Skip(why)
             weight = QTensor.from_float(module.weight.detach(), fmt, name=name)
-            return Observed(module, weight, activation.get(name),
+            return Observed(module, weight, fused.get(name),
                             make_observer(self.observer, name=f"{name} input"),
                             make_observer(self.observer, name=f"{name} output"))
 

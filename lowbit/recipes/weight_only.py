@@ -294,8 +294,8 @@ def act_group_for(name: str, module: nn.Module, group: int | None) -> int | None
     return group
 
 
-def int8_layer_plan(name: str, module: nn.Module, activation: str | None,
-                    act: ActivationQuant | None, layer=QLinear) -> LayerPlan:
+def int8_layer_plan(name: str, module: nn.Module, act: ActivationQuant | None,
+                    layer=QLinear) -> LayerPlan:
     """Plan of a layer that becomes int8 per channel (fp32 scales) with ``layer``'s kernel."""
     W = linear_weight(module)
     N, K = W.shape
@@ -303,7 +303,7 @@ def int8_layer_plan(name: str, module: nn.Module, activation: str | None,
     bias = getattr(module, "bias", None)
     nbytes = N * K + 4 * N + (0 if bias is None else 4 * N)
     label = int_format(8).label() + (f", activations {act.label()}" if act else "")
-    kernel = layer.planned_kernel(int_format(8), activation, K)
+    kernel = layer.planned_kernel(int_format(8), act, K)
     return LayerPlan(name, type(module).__name__, tuple(module.weight.shape), "quantize", label,
                      kernel, nbytes, fp)
 
@@ -354,13 +354,13 @@ class DynamicPTQ(Recipe):
         return ([] if g == 64 else ["pertoken"] if g is None else [f"g{g}"]), {"act_group_size"}
 
     def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
-        return int8_layer_plan(name, module, "int8_dynamic", self.activation)
+        return int8_layer_plan(name, module, self.activation)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         def build(name: str, module: nn.Module) -> nn.Module:
             group = act_group_for(name, module, self.act_group_size)
             weight = QTensor.from_float(linear_weight(module), self.format, name=name)
-            return QLinear(weight, module.bias, "int8_dynamic", group)
+            return QLinear(weight, module.bias, ActivationQuant("dynamic", "token", group))
 
         return swap_modules(model, build, types=self.layer_types, include=self.include,
                             exclude=self.exclude, recipe=self.describe())

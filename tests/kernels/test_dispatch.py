@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lowbit.kernels as lk
-from lowbit.formats import INT8, NF4, int_format
+from lowbit.formats import INT8, NF4, ActivationQuant, int_format
 from lowbit.kernels import cpu, dispatch
 from lowbit.nn import QLinear
 from lowbit.nn.llm_int8 import LLMInt8Linear
@@ -67,7 +67,7 @@ def layers() -> dict[str, nn.Module]:
         "w8": QLinear.from_float(lin, INT8),
         "w3 g64": QLinear.from_float(lin, int_format(3, signed=False, symmetric=False, group_size=64)),
         "w3 symmetric (no kernel)": QLinear.from_float(lin, int_format(3, group_size=64)),
-        "w8a8": QLinear.from_float(lin, INT8, activation="int8_dynamic", act_group_size=64),
+        "w8a8": QLinear.from_float(lin, INT8, activation=ActivationQuant("dynamic", "token", 64)),
         "nf4": NF4Linear(quantize_nf4(lin.weight.detach(), 64), lin.bias),
         "nf4 in a QLinear": QLinear.from_float(lin, NF4),
         "llm.int8": LLMInt8Linear.from_float(lin),

@@ -3,14 +3,14 @@ import pytest
 import torch
 from torch import nn
 
-from lowbit.formats import FP8_E4M3, INT3, INT4, INT8, NF4, int_format
+from lowbit.formats import FP8_E4M3, INT3, INT4, INT8, NF4, ActivationQuant, int_format
 from lowbit.nn import QEmbedding, QLinear
 
 CASES = [  # (format, activation, op, relative tolerance)
     (INT8, None, "linear_int8_weight_only", 1e-2),
     (INT4.replace(group_size=64), None, "linear_int4", 1e-2),
     (INT4, None, "linear_int4", 1e-2),
-    (INT8, "int8_dynamic", "linear_w8a8_dynamic", 3e-2),
+    (INT8, ActivationQuant("dynamic", "token"), "linear_w8a8_dynamic", 3e-2),
     (INT3.replace(group_size=64), None, "linear_lowbit", 1e-2),
     (int_format(2, signed=False, symmetric=False, group_size=64), None, "linear_lowbit", 1e-2),
     (int_format(3, group_size=64), None, "linear_dequant", 1e-5),  # symmetric: no kernel
@@ -49,7 +49,15 @@ def test_qlinear_weight_is_packed_and_small():
 
 def test_w8a8_needs_int8_channel_weights():
     with pytest.raises(ValueError, match="W8A8 dynamic needs int8 symmetric per-channel"):
-        QLinear.from_float(nn.Linear(64, 8), INT4.replace(group_size=32), activation="int8_dynamic")
+        QLinear.from_float(nn.Linear(64, 8), INT4.replace(group_size=32),
+                           activation=ActivationQuant("dynamic", "token"))
+
+
+def test_qlinear_takes_only_dynamic_per_token_activations():
+    with pytest.raises(TypeError, match="ActivationQuant"):
+        QLinear.from_float(nn.Linear(64, 8), INT8, activation="int8_dynamic")
+    with pytest.raises(ValueError, match="use LLMInt8Linear for outlier columns"):
+        QLinear.from_float(nn.Linear(64, 8), INT8, activation=ActivationQuant("dynamic", "token", None, 6.0))
 
 
 def test_qembedding_lookup_equals_dequantized_table():
