@@ -56,7 +56,7 @@ demo-full: setup
 	$(PY) -m lowbit.demo --tokens 32768 --json results/demo.json
 
 bench: setup
-	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/kernel_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -75,10 +75,18 @@ def main(argv=None) -> int:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
     old, new = json.loads(old.strip().splitlines()[-1]), hashes()
-    rows = [{"recipe": k, "rev": args.rev, "same_packed": old[k]["packed"] == new[k]["packed"],
+    import lowbit
+    from lowbit.doctor import machine
+    from lowbit.kernels import kernel_for
+
+    path = kernel_for("linear_int4", "cpu", __import__("torch").float32, (1, 64))
+    rows = [{"model": "smollm2-135m", "method": k, "tool": f"lowbit {lowbit.__version__}",
+             "lowbit_version": lowbit.__version__, "machine": machine(), "rev": args.rev,
+             "kernels": "reference" if path.startswith("reference.") else "C++",
+             "same_packed": old[k]["packed"] == new[k]["packed"],
              "same_logits": old[k]["logits"] == new[k]["logits"]} for k in new]
     for r in rows:
-        print(f"{r['recipe']:28s} packed {'same' if r['same_packed'] else 'DIFFERENT'}, "
+        print(f"{r['method']:28s} packed {'same' if r['same_packed'] else 'DIFFERENT'}, "
               f"logits {'same' if r['same_logits'] else 'DIFFERENT'}")
     Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0 if all(r["same_packed"] and r["same_logits"] for r in rows) else 1

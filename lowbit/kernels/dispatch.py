@@ -20,7 +20,7 @@ OP_NAMES = ("linear_int8_weight_only", "linear_int4", "linear_lowbit", "linear_w
             "linear_dequant")
 
 # Batch size (rows of x) from which a GEMM-style kernel replaces the streaming (GEMV-style) one,
-# measured with benchmarks/kernels.py: the weight-only ops dequantize row chunks to bf16 for a
+# measured with benchmarks/kernel_speed.py: the weight-only ops dequantize row chunks to bf16 for a
 # bf16 GEMM (NF4: the whole weight to fp32, one GEMM); W8A8 moves from AVX512-VNNI to AMX-INT8
 # tiles (where the CPU has AMX).
 DENSE_FROM_M = {"linear_int8_weight_only": 16, "linear_int4": 16, "linear_lowbit": 16,

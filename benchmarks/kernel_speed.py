@@ -1,6 +1,6 @@
 """Benchmark lowbit's Linear kernels against fp32/bf16 F.linear and torch.ao quantize_dynamic.
 
-    python benchmarks/kernels.py [--quick] [--out results/kernels.json]
+    python benchmarks/kernel_speed.py [--quick] [--out results/kernels.json]
 
 Methods are timed round-robin (one call of each per round, medians over rounds) in one
 process on 2 threads, so a burst of load elsewhere on the machine hits every method alike and
