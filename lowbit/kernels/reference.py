@@ -20,18 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.formats import NF4_CODEBOOK
+from lowbit.primitives import pack, unpack
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """q uint8 [N, K] in 0..15 -> packed uint8 [N, K // 2] (element 2j low nibble, 2j+1 high)."""
-    q = q.to(torch.uint8)
-    return q[:, 0::2] | (q[:, 1::2] << 4)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """packed uint8 [N, K // 2] -> q uint8 [N, K]; exact inverse of pack_int4."""
-    q = torch.stack((packed & 15, packed >> 4), dim=-1)  # (N, K/2, 2)
-    return q.reshape(packed.shape[0], -1)
+    """q uint8 [N, K] in 0..15 -> packed uint8 [N, K // 2] (element 2j low nibble, 2j+1 high):
+    lowbit.primitives.pack at 4 bits."""
+    return pack(q.to(torch.uint8), 4)
 
 
 def dequantize_int8(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -39,32 +34,20 @@ def dequantize_int8(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return qweight.float() * scale.float()[:, None]
 
 
-def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                    group_size: int) -> torch.Tensor:
-    """fp32 [N, K] = scale * (q - zero_point), per group of ``group_size`` along K."""
-    q = unpack_int4(packed).float()  # (N, K)
-    N, K = q.shape
-    q = q.reshape(N, K // group_size, group_size)  # (N, G, gs)
-    w = (q - zero_point.float()[..., None]) * scale.float()[..., None]
-    return w.reshape(N, K)
-
-
-def unpack_bits(packed: torch.Tensor, bits: int, K: int) -> torch.Tensor:
-    """packed uint8 [N, ceil(K * bits / 8)] -> q uint8 [N, K]: value i of a row is bits
-    i * bits .. i * bits + bits - 1 of the row's little-endian bit string (primitives.pack)."""
-    bit = torch.arange(K, device=packed.device) * bits
-    b = packed.to(torch.int32)
-    pair = b[:, bit // 8] | (torch.nn.functional.pad(b, (0, 1))[:, bit // 8 + 1] << 8)
-    return ((pair >> (bit % 8)) & ((1 << bits) - 1)).to(torch.uint8)
-
-
 def dequantize_lowbit(packed, scale, zero_point, group_size: int, bits: int) -> torch.Tensor:
-    """fp32 [N, K] = scale * (q - zero_point) per group, q unpacked from ``bits``-bit rows."""
+    """fp32 [N, K] = scale * (q - zero_point) per group of ``group_size`` along K, q the
+    ``bits``-bit values of each row's little-endian bit string (lowbit.primitives.unpack: for
+    4 bits, element 2j in the low nibble of byte j and 2j + 1 in the high one)."""
     K = scale.shape[1] * group_size
-    q = unpack_bits(packed, bits, K).float()
+    q = unpack(packed, bits, K).float()  # (N, K)
     N = q.shape[0]
-    w = (q.reshape(N, -1, group_size) - zero_point.float()[..., None]) * scale.float()[..., None]
+    w = (q.reshape(N, -1, group_size) - zero_point.float()[..., None]) * scale.float()[..., None]  # (N, G, gs)
     return w.reshape(N, K)
+
+
+def dequantize_int4(packed, scale, zero_point, group_size: int) -> torch.Tensor:
+    """:func:`dequantize_lowbit` at 4 bits: packed uint8 [N, K // 2]."""
+    return dequantize_lowbit(packed, scale, zero_point, group_size, 4)
 
 
 def linear_dequant(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -145,7 +128,7 @@ def dequantize_nf4(codes, s8, s2, offset, block_size: int) -> torch.Tensor:
     """fp32 [N, K] = NF4[codes] * absmax per block, the absmaxes recovered from s8, s2, offset."""
     N, K = codes.shape[0], codes.shape[1] * 2
     G = K // block_size
-    q = unpack_int4(codes).long()  # (N, K)
+    q = unpack(codes, 4, K).long()  # (N, K)
     s = s8.reshape(-1, 256).float() * s2.reshape(-1, 1).float()  # (P / 256, 256)
     absmax = s.reshape(-1)[: N * G] + offset.float()  # (N * G,)
     table = torch.tensor(NF4_CODEBOOK, dtype=torch.float32, device=codes.device)

@@ -9,13 +9,14 @@ from kernel_cases import inputs, int4_weight, int8_weight, lowbit_weight
 from lowbit.algorithms.nf4 import quantize_nf4
 from lowbit.formats import NF4_CODEBOOK
 from lowbit.kernels import reference
+from lowbit.primitives import unpack
 
 
 def test_int4_pack_roundtrip_and_nibble_order():
     q = torch.tensor([[1, 2, 15, 0]], dtype=torch.uint8)
     packed = reference.pack_int4(q)
     assert packed.tolist() == [[1 | 2 << 4, 15]]
-    assert torch.equal(reference.unpack_int4(packed), q)
+    assert torch.equal(unpack(packed, 4, 4), q)
 
 
 def test_int4_reference_matches_hand_dequantized_linear():
@@ -53,7 +54,7 @@ def test_w8a8_reference_zero_token_and_one_group_equals_per_token():
 @pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
 def test_lowbit_reference_matches_hand_dequantization(bits):
     packed, scale, zero_point, q = lowbit_weight(6, 128, 32, bits)
-    assert torch.equal(reference.unpack_bits(packed, bits, 128), q)
+    assert torch.equal(unpack(packed, bits, 128), q)
     w = (q.float().reshape(6, 4, 32) - zero_point.float()[..., None]) * scale.float()[..., None]
     torch.testing.assert_close(reference.dequantize_lowbit(packed, scale, zero_point, 32, bits), w.reshape(6, 128))
 
