@@ -4,7 +4,7 @@ quantization) and only the low-rank adapters train.
 
 ``y = base(x) + (alpha / rank) * B (A dropout(x))`` with A [rank, in] (Kaiming-uniform) and
 B [out, rank] (zeros), so an adapter starts as the identity change (Hu et al. 2021, "LoRA").
-The base runs its own kernel forward; its backward (the gradient to x, which earlier layers'
+The base runs its own kernel forward; the op's registered backward (the gradient to x, which earlier layers'
 adapters need) uses the weight dequantized for that call only, so nothing float is kept.
 
     model = lowbit.quantize(model, NF4(block_size=64, double_quant=True))
@@ -61,21 +61,6 @@ class LoRAConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-class _FrozenBase(torch.autograd.Function):
-    """y = base(x) on its kernel; dL/dx = dL/dy W with W dequantized just for this backward."""
-
-    @staticmethod
-    def forward(ctx, x, base):
-        ctx.base = base
-        with torch.no_grad():
-            return base(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        w = _dense_weight(ctx.base)
-        return (grad.to(w.dtype) @ w).to(grad.dtype), None
-
-
 def _dense_weight(base: nn.Module) -> torch.Tensor:
     w = base.weight  # a QTensor for lowbit's quantized linears, a Parameter for nn.Linear
     return w.dequantize(torch.float32) if isinstance(w, QTensor) else w.detach().float()
@@ -99,7 +84,7 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _FrozenBase.apply(x, self.base) if torch.is_grad_enabled() and x.requires_grad else self.base(x)
+        y = self.base(x)  # lowbit's ops give the input gradient (the weight stays frozen)
         h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
         return y + (F.linear(h, self.lora_B) * self.scaling).to(y.dtype)
 
