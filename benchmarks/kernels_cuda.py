@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.doctor import machine
+from kernel_speed import quantize_int4, quantize_int8  # the same weights as the CPU benchmark
 from lowbit.kernels import cuda, reference
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 1536), (576, 49152)]  # (K, N)
@@ -37,21 +38,6 @@ def gpu_machine() -> dict:
     info = machine("cuda")
     peak = next((v for k, v in NOMINAL_GBPS.items() if k in info["gpu"]), None)
     return {**info, "nominal_hbm_gbps": peak, "kernels": cuda.extension_status()[1]}
-
-
-def quantize_int8(w):  # symmetric per output channel
-    scale = (w.abs().amax(1) / 127).clamp_min(1e-12)
-    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
-
-
-def quantize_int4(w, group_size):  # asymmetric per group, q in 0..15
-    N, K = w.shape
-    g = w.reshape(N, K // group_size, group_size)  # (N, G, gs)
-    lo, hi = g.amin(-1), g.amax(-1)
-    scale = ((hi - lo) / 15).clamp_min(1e-8).bfloat16()
-    zero_point = torch.round(-lo / scale.float()).clamp(0, 15).bfloat16()
-    q = torch.round(g / scale.float()[..., None] + zero_point.float()[..., None]).clamp(0, 15)
-    return reference.pack_int4(q.reshape(N, K).to(torch.uint8)), scale, zero_point
 
 
 def nbytes(*tensors) -> int:
