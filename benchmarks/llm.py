@@ -79,7 +79,7 @@ def make_recipe(method: str, bits: int | None):
     if method in WEIGHT_ONLY:
         fmt = recipe.weight_format
         return recipe, {"method": method, "num_bits": bits, "group_size": fmt.group_size,
-                        "format": recipe.format.label()}
+                        "format": recipe.weight_format.label()}
     _, label, b, g = FIXED[method]
     return recipe, {"method": label, "num_bits": b, "group_size": g}
 

@@ -72,7 +72,7 @@ except ImportError:  # pragma: no cover - transformers is optional
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding) + ((Conv1D,) if Conv1D else ())
 
 
-def _patterns(value, what: str) -> tuple[str, ...]:
+def as_patterns(value, what: str) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)  # one pattern, not one per character
     value = tuple(value)
@@ -88,7 +88,7 @@ def walk(model: nn.Module, types: tuple[type, ...], include=("*",), exclude=()):
     ``selected`` is True for layers of ``types`` matching ``include`` and not ``exclude``; for
     the others ``why_not`` says why they stay as they are.
     """
-    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     _check_literal_includes(model, types, include)
     handled = ", ".join(t.__name__ for t in types)
     # names first: holding the modules would keep every replaced float weight alive to the end

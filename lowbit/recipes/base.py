@@ -22,7 +22,7 @@ from typing import ClassVar
 from torch import nn
 
 from ..formats import ActivationQuant, QFormat  # noqa: F401  (ActivationQuant re-exported)
-from ..nn.swap import QuantReport, walk
+from ..nn.swap import QuantReport, as_patterns, walk
 
 log = logging.getLogger("lowbit")
 
@@ -147,12 +147,8 @@ class Recipe:
 def patterns(recipe, *names: str) -> None:
     """Normalise pattern fields to tuples; a bare string is ONE pattern (not its characters)."""
     for name in names:
-        value = getattr(recipe, name)
-        if isinstance(value, str):
-            value = (value,)
-        if not all(isinstance(p, str) for p in value):
-            raise TypeError(f"{type(recipe).__name__}.{name} must be fnmatch patterns (str), got {value!r}")
-        object.__setattr__(recipe, name, tuple(value))
+        value = as_patterns(getattr(recipe, name), f"{type(recipe).__name__}.{name}")
+        object.__setattr__(recipe, name, value)
 
 
 def warn_reference(plan: Plan) -> None:

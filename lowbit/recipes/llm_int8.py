@@ -30,8 +30,8 @@ class LLMInt8(Recipe):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("lm_head",)
 
-    format = weight_format = INT8
-    layer_types = types = (nn.Linear,)
+    weight_format = INT8
+    layer_types = (nn.Linear,)
 
     @property
     def activation(self) -> ActivationQuant:

@@ -33,7 +33,7 @@ class NF4(Recipe):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("lm_head",)
 
-    layer_types = types = (nn.Linear,)
+    layer_types = (nn.Linear,)
 
     def __post_init__(self) -> None:
         if self.block_size not in BLOCK_SIZES:
@@ -41,10 +41,9 @@ class NF4(Recipe):
         patterns(self, "include", "exclude")
 
     @property
-    def format(self) -> QFormat:
+    def weight_format(self) -> QFormat:
         return NF4_FORMAT.replace(group_size=self.block_size, double_quant=self.double_quant)
 
-    weight_format = format
 
     def describe(self) -> str:
         return f"NF4 block {self.block_size}" + (" + double quant" if self.double_quant else "")
@@ -63,7 +62,7 @@ class NF4(Recipe):
         if K % self.block_size:
             return LayerPlan(name, type(module).__name__, (N, K), "error", bytes=fp, float_bytes=fp,
                              reason=f"block_size {self.block_size} does not divide its input size {K}")
-        fmt = self.format
+        fmt = self.weight_format
         nbytes = round(N * K * bits_per_weight(fmt, N * K, N) / 8) + (4 * N if module.bias is not None else 0)
         return LayerPlan(name, type(module).__name__, (N, K), "quantize", fmt.label(),
                          NF4Linear.planned_kernel(fmt, None, K), nbytes, fp)

@@ -51,9 +51,9 @@ class StaticW8A8(Recipe):
     exclude: tuple[str, ...] = ("lm_head",)
     batch_size: int = 8
 
-    format = weight_format = INT8
+    weight_format = INT8
     activation = ActivationQuant("static", "tensor", observer="absmax")
-    layer_types = types = (nn.Linear,)
+    layer_types = (nn.Linear,)
     needs_data = True
 
     def __post_init__(self) -> None:

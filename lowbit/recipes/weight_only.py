@@ -95,7 +95,7 @@ class WeightOnly(Recipe):
             raise ValueError(f"WeightOnly.method must be one of {METHODS}, got {self.method!r}")
         if self.mse_clip and self.method != "rtn":
             raise ValueError(f"WeightOnly.mse_clip applies to method='rtn', got method={self.method!r}")
-        if self.method == "hqq" and self.format.symmetric:
+        if self.method == "hqq" and self.weight_format.symmetric:
             raise ValueError("WeightOnly(method='hqq') fits zero points: use symmetric=False "
                              f"(num_bits={self.num_bits} defaults to symmetric)")
         if not 0 <= self.damp < 1:
@@ -110,18 +110,15 @@ class WeightOnly(Recipe):
         return self.method in CALIBRATED
 
     @property
-    def types(self) -> tuple[type, ...]:
+    def layer_types(self) -> tuple[type, ...]:
         return LINEAR_TYPES + (nn.Embedding,) if self.embeddings else LINEAR_TYPES
 
-    layer_types = types
-
     @property
-    def format(self) -> QFormat:
+    def weight_format(self) -> QFormat:
         symmetric = self.num_bits == 8 if self.symmetric is None else self.symmetric
         return int_format(self.num_bits, signed=symmetric, symmetric=symmetric,
                           group_size=self.group_size)
 
-    weight_format = format
 
     def describe(self) -> str:
         g = f"g{self.group_size}" if self.group_size else "per-channel"
@@ -170,7 +167,7 @@ class WeightOnly(Recipe):
 
     def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
         W = module.weight
-        shape, fmt, kind = tuple(W.shape), self.format, type(module).__name__
+        shape, fmt, kind = tuple(W.shape), self.weight_format, type(module).__name__
         fp = float_bytes(module)
         in_features = linear_weight(module).shape[1] if not isinstance(module, nn.Embedding) else shape[1]
         if self.group_size and in_features % self.group_size:
@@ -188,7 +185,7 @@ class WeightOnly(Recipe):
     # --- one weight, no data ---------------------------------------------------------------
     def quantize_weight(self, name: str, W: torch.Tensor) -> QTensor:
         """RTN / RTN-MSE / HQQ of one float weight [out, in] (rows are output channels)."""
-        fmt = self.format
+        fmt = self.weight_format
         if self.method == "hqq":
             qw = hqq(W, fmt, iters=self.hqq_iters)
         elif self.mse_clip:
@@ -198,7 +195,7 @@ class WeightOnly(Recipe):
         return QTensor.from_int(qw.q, qw.scale, qw.zero_point, fmt)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
-        fmt = self.format
+        fmt = self.weight_format
         shared: dict[int, QTensor] = {}  # id(float weight) -> its QTensor, so ties survive
         calibrated = self._calibrate(model, data) if self.method in CALIBRATED else None
         outside: set[str] = set()        # calibrated methods: linears outside the decoder blocks
@@ -241,7 +238,7 @@ class WeightOnly(Recipe):
         if data is None:
             raise ValueError(f"{self.describe()} needs calibration data: pass data= a LongTensor "
                              f"of token ids [n, seq_len], e.g. lowbit.data.calibration_batches(tokenizer)")
-        fmt, awq = self.format, self.method == "awq"
+        fmt, awq = self.weight_format, self.method == "awq"
         runner = BlockRunner(model, data, batch_size=self.calib_batch_size, find_producers=awq,
                              desc=self.describe())
         done: dict[str, QTensor | Skip] = {}
@@ -334,8 +331,8 @@ class DynamicPTQ(Recipe):
             raise ValueError(f"DynamicPTQ act_group_size must be None (per token) or a positive "
                              f"multiple of 64, got {g!r}")
 
-    format = weight_format = int_format(8)
-    layer_types = types = LINEAR_TYPES
+    weight_format = int_format(8)
+    layer_types = LINEAR_TYPES
 
     @property
     def activation(self) -> ActivationQuant:
@@ -359,7 +356,7 @@ class DynamicPTQ(Recipe):
     def apply(self, model: nn.Module, data) -> QuantReport:
         def build(name: str, module: nn.Module) -> nn.Module:
             group = act_group_for(name, module, self.act_group_size)
-            weight = QTensor.from_float(linear_weight(module), self.format, name=name)
+            weight = QTensor.from_float(linear_weight(module), self.weight_format, name=name)
             return QLinear(weight, module.bias, ActivationQuant("dynamic", "token", group))
 
         return swap_modules(model, build, types=self.layer_types, include=self.include,
