@@ -10,7 +10,7 @@ Only the decoder linears are quantized: the tied embedding / output head stays f
 "fp32" in every row). All models are evaluated in one lock-step pass against fp32. Rows with
 the same (method, num_bits, group_size) in results/llm.json are replaced, others kept; the file
 is written atomically (the quantize / evaluate / footprint / decode loop is
-``lowbit.compare.compare_lm``). ``--alphas`` first picks SmoothQuant's alpha on CALIBRATION
+``lowbit.comparison.compare_lm``). ``--alphas`` first picks SmoothQuant's alpha on CALIBRATION
 data only (statistics from 32 calibration windows, perplexity on 8 other calibration windows of
 emma + mansfieldpark; the evaluation novel is never seen) and reports the sweep in
 results/llm_extra_alpha.json. ``--kernels``
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import results  # benchmarks/results.py
-from lowbit.compare import compare_lm
+from lowbit.comparison import compare_lm
 from lowbit.data import calibration_batches, eval_tokens
 from lowbit.doctor import machine
 from lowbit.models import load_model

@@ -7,7 +7,7 @@ quantize_static (QDQ, per-channel), all calibrated on the same 256 random crops 
 photos; top-1 agreement and KL vs fp32 on 1000 other crops and on 1000 Fashion-MNIST test
 images resized to 224x224 RGB; latency at batch 1 and 16 on 2 threads, fp32 measured in the
 same run (medians of interleaved rounds). Also: the ONNX QDQ export of lowbit's model in ONNX
-Runtime, the Fashion-MNIST CNN (examples/fashion_cnn.py) with every observer, and
+Runtime, the Fashion-MNIST CNN (lowbit/models/fashion_cnn.py) with every observer, and
 all-MiniLM-L6-v2 with DynamicPTQ.
 
     python benchmarks/ptq.py            # full (~20-40 min on a busy 2-core machine)
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
+sys.path[:0] = [str(ROOT)]
 
 import lowbit  # noqa: E402
 import results  # noqa: E402  (benchmarks/results.py)
@@ -47,58 +47,15 @@ from lowbit.io.onnx import export_onnx  # noqa: E402
 from lowbit.models import load_model  # noqa: E402
 from lowbit.nn.static import float_crossings  # noqa: E402
 from lowbit.recipes import from_spec  # noqa: E402
+from lowbit.data.images import photos, random_crops  # noqa: E402
 
 log = logging.getLogger("ptq")
 OBSERVERS = ("minmax", "moving_average", "percentile", "histogram", "mse")
 EFFNET_OBSERVERS = ("minmax", "percentile", "histogram", "mse")  # the issue's four
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
-          "retina", "colorwheel", "camera", "coins", "moon", "clock", "grass", "gravel", "brick",
-          "cell", "page", "text")
 VERSION = getattr(lowbit, "__version__", "0.1.0")
 
 
-# --- data -------------------------------------------------------------------------------
-def photos() -> list[torch.Tensor]:
-    """The bundled photos as uint8 (3, H, W) tensors (gray ones replicated to RGB)."""
-    import skimage.data
-    from sklearn.datasets import load_sample_images
-    images = [getattr(skimage.data, name)() for name in PHOTOS]
-    images += list(load_sample_images().images)
-    out = []
-    for im in images:
-        t = torch.from_numpy(np.array(im, copy=True))
-        t = t[..., None].expand(-1, -1, 3) if t.dim() == 2 else t[..., :3]
-        out.append(t.permute(2, 0, 1).contiguous())
-    return out
-
-
-def random_crops(images, n: int, seed: int, size: int = 224) -> torch.Tensor:
-    """``n`` random-resized crops (area 10-100%, aspect 3/4-4/3, random flips), preprocessed
-    as EfficientNet-Lite expects: (x - 127) / 128."""
-    g = torch.Generator().manual_seed(seed)
-    out = torch.empty(n, 3, size, size)
-    for i in range(n):
-        im = images[int(torch.randint(len(images), (1,), generator=g))]
-        h, w = im.shape[1:]
-        for _ in range(10):
-            area = h * w * (0.1 + 0.9 * torch.rand(1, generator=g).item())
-            ratio = math.exp(math.log(3 / 4) + math.log(16 / 9) * torch.rand(1, generator=g).item())
-            ch, cw = round(math.sqrt(area / ratio)), round(math.sqrt(area * ratio))
-            if ch <= h and cw <= w:
-                break
-        else:
-            ch = cw = min(h, w)
-        top = int(torch.randint(h - ch + 1, (1,), generator=g))
-        left = int(torch.randint(w - cw + 1, (1,), generator=g))
-        crop = im[None, :, top:top + ch, left:left + cw].float()
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
-                             align_corners=False).round().clamp(0, 255)[0]
-        if torch.rand(1, generator=g).item() < 0.5:
-            crop = crop.flip(-1)
-        out[i] = (crop - 127.0) / 128.0
-    return out
-
-
+# --- data ---------------------------------------------------------------------------------
 def fashion_224(n: int) -> torch.Tensor:
     images, _ = lowbit.data.fashion_mnist("test")
     x = images[:n].float()[:, None]                                            # (n, 1, 28, 28)
@@ -382,7 +339,7 @@ def _runner_of(row: dict) -> str | None:
 
 
 def fashion_rows(args, base: dict) -> list[dict]:
-    from fashion_cnn import load_fashion_cnn, to_input
+    from lowbit.models.fashion_cnn import load_fashion_cnn, to_input
 
     model = load_fashion_cnn()
     images, labels = lowbit.data.fashion_mnist("test")

@@ -1,6 +1,6 @@
 """QAT benchmark -> results/qat.json (the Fashion-MNIST CNN part of the QAT issue).
 
-The CNN of examples/fashion_cnn.py, its BatchNorms folded into the convs first (lowbit.fold),
+The CNN of lowbit/models/fashion_cnn.py, its BatchNorms folded into the convs first (lowbit.fold),
 so that the fake-quantized conv weights include BN. At each setting, PTQ and QAT side by side:
 
 - W8A8, W4A4, W2A8 (per-channel weights, per-tensor asymmetric activations at each layer's
@@ -43,12 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
+sys.path[:0] = [str(ROOT)]
 
 import lowbit  # noqa: E402
 import results  # noqa: E402  (benchmarks/results.py)
 import lowbit.data  # noqa: E402
-from fashion_cnn import FashionCNN, ResidualBlock, load_fashion_cnn, test_accuracy, to_input  # noqa: E402
+from lowbit.models.fashion_cnn import FashionCNN, ResidualBlock, load_fashion_cnn, test_accuracy, to_input  # noqa: E402
 from lowbit.doctor import machine  # noqa: E402
 from lowbit.fold import fold_model, trace_pairs  # noqa: E402
 from lowbit.nn.swap import set_submodule  # noqa: E402
@@ -428,7 +428,7 @@ def main() -> None:
     start = time.perf_counter()
     b = Bench(args)
     b.add("fp32", f"torch {torch.__version__}", 32, 32, b.fp32_acc,
-          "examples/fashion_cnn.py checkpoint (load_fashion_cnn), no quantization")
+          "lowbit/models/fashion_cnn.py checkpoint (load_fashion_cnn), no quantization")
     groups = args.only or GROUPS
     kd_low = args.kd != "none"
     if "control" in groups:

@@ -4,6 +4,8 @@
     lowbit eval out/ --perplexity austen [--kl-against smollm2-135m]
     lowbit generate out/ "What is the capital of France?"
     lowbit doctor MODEL [--recipe rtn --bits 4 --group-size 64]
+    lowbit compare [MODEL] [--data austen] [--strategies w8a8,gptq:w4g64] [--budget size=60]
+                   [--quick] [--workers N | --ray ADDRESS] --report DIR
 
 Errors print one line and exit with status 2; no traceback.
 """
@@ -140,6 +142,27 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .comparison import Budget, compare
+    from .models import DEFAULT_LM
+
+    budget = Budget.parse(args.budget) if args.budget else None  # a bad budget fails before any work
+    model = args.model or DEFAULT_LM
+    result = compare(model, args.data, args.strategies, budget, quick=args.quick,
+                     train_minutes=args.train_minutes, workers=args.workers, ray=args.ray,
+                     report=args.report)
+    failed = [r for r in result.rows if r["status"] != "ok"]
+    print(f"\n{model} ({result.data['kind']}), {len(result.rows)} strategies in "
+          f"{result.data['wall_s'] / 60:.1f} min\n")
+    print(result.table())
+    for row in failed:
+        print(f"lowbit: strategy {row['strategy']!r} failed: {row.get('error')}", file=sys.stderr)
+    print("\n" + result.recommend()["text"])
+    if args.report:
+        print(f"\nreport: {Path(args.report) / 'report.html'} (and report.md, comparison.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lowbit", description="Quantize models and measure the result.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -187,6 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("model")
     recipe_args(d, required=False)
     d.set_defaults(func=cmd_doctor)
+
+    c = sub.add_parser("compare", help="quantize every way, measure each, recommend one")
+    c.add_argument("model", nargs="?", default=None,
+                   help="bundled name, HF folder, .gguf file or module:factory (default: the bundled LM)")
+    c.add_argument("--data", default=None,
+                   help="austen (text), photos or fashion (images), or a .txt file (default: by model kind)")
+    c.add_argument("--strategies", default=None,
+                   help="comma-separated recipe specs, e.g. w8a8,rtn:w4g64,gptq:w4g64 (default: every "
+                        "family lowbit has for the model's kind)")
+    c.add_argument("--budget", default=None, help="size=MB, bpw=BITS or max-loss=FRACTION (e.g. 2%%)")
+    c.add_argument("--quick", action="store_true", help="less data and fewer timing runs (the demo)")
+    c.add_argument("--train-minutes", type=float, default=0,
+                   help="also run QAT/distillation, each with this training budget")
+    c.add_argument("--workers", type=int, default=None, help="run trials in parallel on a local Ray")
+    c.add_argument("--ray", default=None, help="run trials on the Ray cluster at this address")
+    c.add_argument("--report", default=None, help="write report.md, report.html, comparison.json here")
+    c.set_defaults(func=cmd_compare)
     return p
 
 

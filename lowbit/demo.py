@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from .compare import compare_lm, table
+from .comparison import compare_lm, table
 from .data import eval_tokens
 from .models import DEFAULT_LM, load_model
 from .recipes import DynamicPTQ, WeightOnly

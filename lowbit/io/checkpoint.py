@@ -74,6 +74,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, tokenizer=None) -> Path:
         "model": _model_kind(model), "layers": layers, "wrappers": wrappers, "aliases": aliases,
         "identity": [n for n, m in model.named_modules() if n and isinstance(m, nn.Identity)],
         "output_hook": any(h is dequantize_outputs for h in model._forward_hooks.values()),
+        "autocast": getattr(model, "lowbit_autocast", None),
         "tensors": {k: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                     for k, t in tensors.items()},
     }
@@ -135,8 +136,24 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         set_submodule(model, name, _make_layer(name, entry, weight, state, _find(model, name, path), path))
     if meta["output_hook"]:
         model.register_forward_hook(dequantize_outputs)
+    if meta.get("autocast") is not None:
+        _autocast(model, meta["autocast"], state, path)
     _load_state(model, state, path)
     return model
+
+
+def _autocast(model: nn.Module, dtype: str, state: dict, path: Path) -> None:
+    """Parameters stored in half precision become half precision again; forward under autocast."""
+    from ..recipes.autocast import run_under_autocast
+
+    for key, param in model.named_parameters():
+        stored = state.get(key)
+        if stored is not None and stored.dtype in (torch.bfloat16, torch.float16) and param.dtype != stored.dtype:
+            param.data = param.data.to(stored.dtype)
+    try:
+        run_under_autocast(model, dtype)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}; the checkpoint is damaged") from None
 
 
 def _read_meta(path: Path) -> dict:

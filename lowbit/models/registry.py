@@ -29,6 +29,13 @@ def load_minilm():
     return load_hf_folder(minilm_path())
 
 
+def load_fashion_cnn():
+    """``(FashionCNN, None)``: trained on Fashion-MNIST on first use (minutes), then cached."""
+    from .fashion_cnn import load_fashion_cnn as load
+
+    return load(), None
+
+
 def load_efficientnet_lite0():
     """``(EfficientNetLite, None)``; inputs come from ``efficientnet_lite.preprocess_image``."""
     return efficientnet_lite.load_efficientnet_lite0(), None
@@ -60,5 +67,9 @@ BUNDLED_MODELS: dict[str, BundledModel] = {m.name: m for m in (
     BundledModel(
         "efficientnet-lite0", "EfficientNet-Lite0: ImageNet-1k CNN, 4.65M params, fp32",
         efficientnet_lite.PACKAGE, efficientnet_lite.INSTALL, load_efficientnet_lite0),
+    BundledModel(
+        "fashion-cnn", "a 17k-parameter conv-BN-ReLU CNN with a residual block, trained by lowbit on "
+        "Fashion-MNIST (first use trains it, ~4 min, then it is cached)",
+        "torch", "make setup (unpacks Fashion-MNIST)", load_fashion_cnn),
 )}
 DEFAULT_LM = "smollm2-135m"

@@ -3,6 +3,7 @@
 Every recipe is registered under a short spec (``from_spec("gptq:w4g64")``, ``recipe.to_spec()``)
 and plans what it will do before doing it (``recipe.plan(model)``).
 """
+from .autocast import Autocast
 from .base import ActivationQuant, LayerPlan, Plan, Recipe, quantize
 from .distill import Distill, Sequence
 from .llm_int8 import LLMInt8
@@ -16,4 +17,4 @@ from .weight_only import DynamicPTQ, WeightOnly
 
 __all__ = ["ActivationQuant", "LayerPlan", "Plan", "Recipe", "quantize", "from_spec", "to_spec",
            "register", "REGISTRY", "WeightOnly", "DynamicPTQ", "NF4", "LLMInt8", "SmoothQuant",
-           "StaticW8A8", "StaticPTQ", "QAT", "QLoRA", "Distill", "Sequence"]
+           "StaticW8A8", "StaticPTQ", "QAT", "QLoRA", "Distill", "Sequence", "Autocast"]

@@ -3,7 +3,7 @@ import warnings
 
 import torch
 
-from lowbit.compare import compare_lm, table
+from lowbit.comparison import compare_lm, table
 from lowbit.recipes import from_spec
 
 from conformance.models import decoder_lm

@@ -12,10 +12,10 @@ import os
 import torch
 from tqdm import tqdm
 
-from . import __version__
-from .doctor import machine
-from .eval import decode_speed, evaluate_lm, footprint, timed, track_peak_rss
-from .recipes import Recipe, quantize
+from .. import __version__
+from ..doctor import machine
+from ..eval import decode_speed, evaluate_lm, footprint, timed, track_peak_rss
+from ..recipes import Recipe, quantize
 
 log = logging.getLogger("lowbit")
 
