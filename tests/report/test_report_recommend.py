@@ -3,7 +3,7 @@ pareto_front() on hand-made points."""
 from __future__ import annotations
 
 import pytest
-from conftest import by_strategy
+from report_data import by_strategy
 
 from lowbit.report import pareto_front, recommend
 from lowbit.report.recommend import DEFAULT_MAX_LOSS

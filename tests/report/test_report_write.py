@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import by_strategy
+from report_data import by_strategy
 
 import lowbit.report.write as write
 from lowbit.report import table, write_report
@@ -125,3 +125,16 @@ def test_bad_input_says_what_to_fix(comparison, tmp_path):
         write_report(comparison, tmp_path / "file")
     with pytest.raises(TypeError, match="expected a dict"):
         write_report([], tmp_path / "r")
+
+
+def test_a_minimal_comparison_needs_only_metric_and_rows(tmp_path):
+    minimal = {"metric": {"name": "accuracy", "higher_is_better": True},
+               "rows": [{"strategy": "fp32", "status": "ok", "reference": True, "quality": 0.91, "quality_loss": 0.0},
+                        {"strategy": "dynamic:w8a8", "status": "ok", "quality": 0.905, "quality_loss": 0.0055}]}
+    out = write_report(minimal, tmp_path)
+    assert json.loads(out["json"].read_text()) == minimal and len(out["plots"]) == 2
+    md = out["md"].read_text()
+    assert "CPU features: not recorded" in md and "lowbit version: not recorded" in md
+    assert "| dynamic:w8a8 | dynamic:w8a8 | 0.9050 | +0.55% | — |" in md  # nothing measured is shown as a dash
+    # no kind, no budget: the 1% default; without sizes the only row within it is the pick
+    assert "Recommended: dynamic:w8a8: accuracy 0.9050, loss +0.55% vs float." in md
