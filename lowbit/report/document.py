@@ -103,6 +103,8 @@ def header(comparison: dict) -> list[Block]:
                  "(higher is better)")
     if run:
         lines.append("Run: " + ", ".join(run))
+    if comparison.get("command"):
+        lines.append(f"Command: {comparison['command']}")
     blocks: list[Block] = [Heading(title, 1), Bullets(tuple(lines))]
     kernels = comparison.get("fast_kernels") or {}
     if kernels:

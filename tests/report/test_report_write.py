@@ -65,12 +65,13 @@ def test_failed_rows_show_their_error(comparison, tmp_path):
 def test_report_order_and_header(comparison, tmp_path):
     comparison["machine"]["flags"] = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile"]
     comparison["machine"]["cuda"] = "NVIDIA H100"
+    comparison["command"] = "lowbit compare --quick --report out"
     md = write_report(comparison, tmp_path)["md"].read_text()
     headings = re.findall(r"^#+ (.*)$", md, flags=re.M)
     assert headings == ["lowbit compare: smollm2-135m (causal-lm)", "Kernels on this machine", "Recommendation",
                         "All strategies", "Plots", "By strategy family", "Notes", "Data"]
     assert "CPU features that matter: AVX2 yes, AVX-512 yes (avx512f avx512bw avx512_vnni), VNNI yes, AMX yes" in md
-    assert "CUDA device: NVIDIA H100" in md
+    assert "CUDA device: NVIDIA H100" in md and "- Command: lowbit compare --quick --report out" in md
     assert "- int8 weight-only: fast kernel HERE\n- int4: reference path (slow) here" in md
     assert "![quality vs size](quality_vs_size.png)" in md
     assert "- eval: first 4096 tokens of Pride and Prejudice" in md and "lowbit version: 0.1.0" in md
