@@ -17,7 +17,7 @@ $(PY):
 # torch first and pinned: a plain `torch` would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints.txt Makefile | $(PY)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,compare]"
 	$(PIP) install --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
@@ -57,13 +57,15 @@ test: setup
 test-fast: install
 	$(PY) -m pytest -q -x -m "not real"
 
-# The demo evaluates on the first 8192 tokens of the protocol so a second run stays near 5 min;
-# demo-full runs all 32768 (DATA.md) and writes results/demo.json.
+# The demo is `lowbit compare --quick` on the bundled SmolLM2-135M: every strategy family on
+# 4096 held-out tokens, the table printed, the report (HTML with plots, Markdown, JSON) in
+# reports/demo/. demo-full runs the whole protocol (32768 tokens, 128 calibration sequences)
+# and writes the committed report in results/compare/smollm2-135m/.
 demo: setup
-	$(PY) -m lowbit.demo --tokens 8192
+	$(VENV)/bin/lowbit compare --quick --report reports/demo
 
 demo-full: setup
-	$(PY) -m lowbit.demo --tokens 32768 --json results/demo.json
+	$(VENV)/bin/lowbit compare --report results/compare/smollm2-135m
 
 bench: setup
 	$(PY) benchmarks/kernel_speed.py

@@ -150,7 +150,7 @@ def cmd_compare(args) -> int:
     model = args.model or DEFAULT_LM
     result = compare(model, args.data, args.strategies, budget, quick=args.quick,
                      train_minutes=args.train_minutes, workers=args.workers, ray=args.ray,
-                     report=args.report)
+                     report=args.report, command="lowbit " + " ".join(args.argv))
     failed = [r for r in result.rows if r["status"] != "ok"]
     print(f"\n{model} ({result.data['kind']}), {len(result.rows)} strategies in "
           f"{result.data['wall_s'] / 60:.1f} min\n")
@@ -243,7 +243,9 @@ def _group(text: str):
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)
+        args.argv = argv
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(message)s")
         return args.func(args)

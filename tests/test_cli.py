@@ -54,3 +54,26 @@ def test_quantize_eval_generate(tmp_path, capsys):
     assert 5 < row["ppl"] < 100 and row["bpw_model"] < 8.2
     assert main(["generate", str(out), "What is the capital of France?", "--max-new-tokens", "20"]) == 0
     assert "Paris" in capsys.readouterr().out
+
+
+def test_compare_bad_budget_and_wrong_data_are_one_line_errors(capsys):
+    assert main(["compare", "fashion-cnn", "--budget", "speed=fast"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected size=MB, bpw=BITS or max-loss" in err
+    assert main(["compare", "efficientnet-lite0", "--data", "austen"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not fit a cnn model: it needs images" in err
+
+
+def test_compare_writes_the_report_and_names_failures(tmp_path, capsys):
+    code = main(["compare", "fashion-cnn", "--strategies", "static:minmax,nosuch,rtn:w4g7",
+                 "--budget", "max-loss=1%", "--report", str(tmp_path / "rep")])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "| static" in captured.out and str(tmp_path / "rep" / "report.html") in captured.out
+    assert "strategy 'nosuch' failed: unknown recipe 'nosuch'" in captured.err
+    assert "strategy 'rtn:w4g7' failed" in captured.err
+    data = json.loads((tmp_path / "rep" / "comparison.json").read_text())
+    assert [r["strategy"] for r in data["rows"]] == ["fp32", "static:minmax", "nosuch", "rtn:w4g7"]
+    assert data["kind"] == "cnn" and data["metric"]["name"] == "accuracy"
+    assert data["command"].startswith("lowbit compare fashion-cnn")

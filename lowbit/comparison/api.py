@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import re
 import time
@@ -125,7 +126,7 @@ def compare(model: nn.Module | str, data: Any = None, strategies=None, budget=No
             tokenizer: Any = None, kind: str | None = None, quick: bool = False,
             train_minutes: float = 0, workers: int | None = None, ray: str | None = None,
             isolate: bool = True, threads: int | None = None, model_name: str | None = None,
-            report: str | os.PathLike | None = None) -> Comparison:
+            report: str | os.PathLike | None = None, command: str | None = None) -> Comparison:
     """Quantize ``model`` every way in ``strategies`` and measure each against the float model.
 
     Args:
@@ -142,6 +143,7 @@ def compare(model: nn.Module | str, data: Any = None, strategies=None, budget=No
             cluster at ``ray``; otherwise each trial runs in a fresh child process
             (``isolate=False``: in this process).
         report: also write the report (report.md, report.html, comparison.json, plots) here.
+        command: the command line that ran this, shown in the report's header.
     """
     start, started = time.perf_counter(), datetime.datetime.now(datetime.timezone.utc)
     if isinstance(model, str):
@@ -191,11 +193,24 @@ def compare(model: nn.Module | str, data: Any = None, strategies=None, budget=No
         "data": task.description, "started": started.isoformat(timespec="seconds"),
         "threads": threads, "rows": [{**common, **_recipe_fields(s), **rows[s]} for s in specs],
     }
+    if command:
+        out["command"] = command
+    _finite_or_null(out)
     out["wall_s"] = time.perf_counter() - start
     comparison = Comparison(out)
     if report is not None:
         comparison.write_report(report)
     return comparison
+
+
+def _finite_or_null(comparison: dict) -> None:
+    """NaN/inf measurements (a diverged perplexity) become null with a note: strict JSON."""
+    for row in comparison["rows"]:
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                row[key] = None
+                comparison["notes"].append(f"{row['strategy']}: {key} was {value} (not finite), "
+                                           f"shown as null")
 
 
 def _recipe_fields(spec: str) -> dict:

@@ -113,11 +113,11 @@ def _lm_task(kind: str, tokenizer, name: str, quick: bool) -> LMTask:
     if kind == "rnn-lm":
         num, calib_n, seq_len = (8192, 16, 256) if quick else (32768, 64, 256)
     else:
-        num, calib_n, seq_len = (4096, 16, 512) if quick else (32768, 128, 512)
+        num, calib_n, seq_len = (2048, 8, 512) if quick else (32768, 128, 512)
     tokens, calib, eval_desc, calib_desc = _text_tokens(tokenizer, name, num, calib_n, seq_len)
     cls = RNNTask if kind == "rnn-lm" else LMTask
     return cls(tokens=tokens, calib=calib, tokenizer=tokenizer, repeats=2 if quick else 3,
-               new_tokens=32 if quick else 128,
+               new_tokens=16 if quick else 128,
                description={"eval": eval_desc, "calibration": calib_desc})
 
 

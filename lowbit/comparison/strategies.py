@@ -54,7 +54,7 @@ class Strategy:
         return needs
 
     def label(self, recipe: Recipe | None) -> str:
-        return "fp32 (reference)" if recipe is None else recipe.describe()
+        return "fp32" if recipe is None else recipe.describe()
 
 
 def group_size_for(model: nn.Module) -> int:
@@ -77,14 +77,16 @@ def default_strategies(kind: str, model: nn.Module, *, quick: bool = False,
     if kind == "causal-lm":
         if quick:
             specs = ["bf16", "w8a8", "rtn:w8", f"rtn:w4g{g}", f"gptq:w4g{g}", f"hqq:w4g{g}",
-                     f"rtn:w3g{g}", f"gptq:w3g{g}", "nf4", "smoothquant:dynamic"]
+                     f"rtn:w3g{g}", "nf4"]
         else:
             specs = ["bf16", "w8a8", "rtn:w8", f"rtn:w4g{g}", f"gptq:w4g{g}", f"awq:w4g{g}",
                      f"hqq:w4g{g}", f"rtn:w3g{g}", f"gptq:w3g{g}", f"awq:w3g{g}", f"hqq:w3g{g}",
                      "nf4", "llm-int8", "smoothquant:dynamic", "static-w8a8"]
         if train_minutes:
+            blocks = getattr(getattr(model, "config", None), "num_hidden_layers", None) or 4
             specs += [f"qat:w4g{g},minutes={train_minutes},max_steps=none",
-                      f"distill:minutes={train_minutes}+gptq:w4g{g}"]
+                      f"distill:num_layers={max(1, round(0.75 * blocks))},minutes={train_minutes}"
+                      f"+gptq:w4g{g}"]
     elif kind == "encoder":
         specs = ["bf16", "w8a8", "w8a8:act_group_size=none", "static-w8a8", "smoothquant:dynamic",
                  "rtn:w8", f"rtn:w4g{g}", f"hqq:w4g{g}", "nf4", "llm-int8"]

@@ -45,7 +45,7 @@ def _scatter(ax, rows: list[dict], x: str, hib: bool) -> None:
         marker, size = ("*", 220) if r.get("reference") else ("o", 55)
         ax.scatter([px], [py], marker=marker, s=size, zorder=3, linewidths=1.5,
                    facecolors="none" if hollow else _colour(r), edgecolors=_colour(r))
-        ax.annotate(method_name(r), (px, py), xytext=(5, 4), textcoords="offset points", fontsize=7)
+        ax.annotate(r.get("strategy") or method_name(r), (px, py), xytext=(5, 4), textcoords="offset points", fontsize=7)
 
 
 def quality_plot(comparison: dict, x: str, xlabel: str, path: Path, *, x_higher_is_better: bool) -> Path:

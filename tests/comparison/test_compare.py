@@ -79,16 +79,25 @@ def test_unknown_and_crashing_strategies_are_failed_rows(lm, caplog):
     assert "bogus" in caplog.text
 
 
-def test_a_trial_whose_process_dies_is_a_failed_row(lm, monkeypatch):
-    import lowbit.comparison.runner as runner
+class DiesWhenRun(torch.nn.Module):
+    """A model whose forward ends its process, as a segfault or the OOM killer would."""
 
-    def die(*args):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
         import os
         os._exit(3)
 
-    monkeypatch.setattr(runner, "run_trial", die)
-    rows = list(runner.run_in_processes(lm, lm_task(), ["w8a8"], threads=1))
-    assert rows[0]["status"] == "failed" and "exit code 3" in rows[0]["error"]
+
+def test_a_trial_whose_process_dies_is_a_failed_row():
+    from lowbit.comparison.runner import run_in_processes
+
+    task = ImageTask(images=torch.zeros(16, 1, 8, 8), calib=torch.zeros(4, 1, 8, 8), repeats=1)
+    task.reference_quality = {"quality": 1.0}
+    rows = list(run_in_processes(DiesWhenRun(), task, ["fp32"], threads=1))
+    assert rows[0]["status"] == "failed" and "process died: exit code 3" in rows[0]["error"]
 
 
 def test_data_of_the_wrong_kind_is_refused():
