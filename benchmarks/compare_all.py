@@ -22,7 +22,7 @@ RUNS = {
     "smollm2-135m": ["smollm2-135m", "--quick"],
     "minilm": ["minilm", "--quick"],
     "efficientnet-lite0": ["efficientnet-lite0", "--quick"],
-    "fashion-cnn": ["fashion-cnn", "--train-minutes", "2"],
+    "fashion-cnn": ["fashion-cnn"],
     "austen-lstm": ["austen-lstm"],
     "user-folder": [None, "--quick", "--strategies", "w8a8,rtn:w4g64,gptq:w4g64,hqq:w4g64,nf4"],
 }

@@ -158,8 +158,7 @@ def compare(model: nn.Module | str, data: Any = None, strategies=None, budget=No
     budget = Budget.parse(budget) if isinstance(budget, str) else budget
     kind = kind or getattr(data, "kind", None) or detect_kind(model, tokenizer)
     task = make_task(kind, model, tokenizer, data, quick=quick)
-    specs = (default_strategies(kind, model, quick=quick, train_minutes=train_minutes,
-                                has_labels=getattr(task, "labels", None) is not None)
+    specs = (default_strategies(kind, model, quick=quick, train_minutes=train_minutes)
              if strategies is None else _parse_strategies(strategies))
     threads = threads or max(1, min(2, os.cpu_count() or 1) // max(1, workers or 1))
     torch.set_num_threads(threads)

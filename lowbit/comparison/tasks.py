@@ -33,15 +33,21 @@ KINDS = ("causal-lm", "rnn-lm", "encoder", "cnn")
 STORED_REFERENCE_BYTES = 1536 * 2**20
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, float, float]:
-    """Median, min and max wall time of ``fn()`` in ms over ``repeats`` calls after warm-ups."""
-    for _ in range(warmup):
+def _median_ms(fn: Callable[[], Any], repeats: int, warmup_s: float = 0.5,
+               min_total_s: float = 1.0) -> tuple[float, float, float]:
+    """Median, min and max wall time of ``fn()`` in ms: warm-up calls for ``warmup_s`` (caches,
+    thread pools, lazily built kernels), then at least ``repeats`` calls and ``min_total_s``."""
+    start = time.perf_counter()
+    fn()
+    while time.perf_counter() - start < warmup_s:
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < 1000 * min_total_s:
+        begin = time.perf_counter()
         fn()
-        times.append(1000 * (time.perf_counter() - start))
+        times.append(1000 * (time.perf_counter() - begin))
+        if len(times) >= 1000:
+            break
     return statistics.median(times), min(times), max(times)
 
 

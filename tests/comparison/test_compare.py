@@ -129,6 +129,6 @@ def test_kind_detection_and_defaults(lm):
     assert group_size_for(lm) == 64
     specs = default_strategies("causal-lm", lm, quick=True)
     assert specs[0] == "fp32" and len(specs) >= 9 and any(s.startswith("gptq") for s in specs)
-    for spec in default_strategies("causal-lm", lm, train_minutes=1) + default_strategies("cnn", lm, has_labels=True, train_minutes=1):
+    for spec in default_strategies("causal-lm", lm, train_minutes=1) + default_strategies("cnn", lm, train_minutes=1):
         assert Strategy(spec).recipe() is None or spec == "fp32" or lowbit.recipes.from_spec(spec)
     assert {Strategy(s).family() for s in default_strategies("cnn", lm)} >= {"float", "autocast", "static", "dynamic"}
