@@ -56,6 +56,11 @@ def run_trial(model: nn.Module, task: Task, spec: str, threads: int) -> dict:
         row.update(quality, size_mb=fp.size_mb, bpw_model=fp.bpw_model, bpw_linears=fp.bpw_linears)
         row["quality_loss"] = 0.0 if recipe is None else task.quality_loss(row["quality"])
         row.update(task.speed(q))
+        if recipe is not None:  # the float model timed in this process too: a ratio that holds
+            row["speed_fp32_same_process"] = task.speed(model)["speed"]
+            row["speedup_vs_fp32"] = row["speed"] / row["speed_fp32_same_process"]
+        else:
+            row["speedup_vs_fp32"] = 1.0
         row["reference_kernels"] = any("reference" in k or "emulated" in k for k in row["kernels"])
         row["status"] = "ok"
     except Exception as err:  # one strategy's failure is its row, never the comparison's end

@@ -282,8 +282,14 @@ class EncoderTask(Task):
         return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt"))
 
-    def calibration(self, recipe) -> dict:
-        return self._encode(self.calib_sentences or self.sentences[:64])
+    def calibration(self, recipe) -> torch.Tensor:
+        """Token ids [n, 128]: the calibration sentences joined and cut into full windows (no
+        padding, so the recipes that run ``model(ids)`` see no pad tokens)."""
+        text = " ".join(self.calib_sentences or self.sentences[:64])
+        ids = torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        n = max(1, ids.numel() // self.max_length)
+        ids = ids[:n * self.max_length] if ids.numel() >= self.max_length else ids
+        return ids.view(n, -1)
 
     def embed(self, model: nn.Module, texts: list[str], batch: int = 64) -> torch.Tensor:
         out = []
