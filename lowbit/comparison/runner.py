@@ -55,6 +55,8 @@ def run_trial(model: nn.Module, task: Task, spec: str, threads: int) -> dict:
         fp = footprint(q)
         row.update(quality, size_mb=fp.size_mb, bpw_model=fp.bpw_model, bpw_linears=fp.bpw_linears)
         row["quality_loss"] = 0.0 if recipe is None else task.quality_loss(row["quality"])
+        if recipe is None:  # the first model timed in a fresh process: one untimed pass first
+            task.speed(q)
         row.update(task.speed(q))
         if recipe is not None:  # the float model timed in this process too: a ratio that holds
             row["speed_fp32_same_process"] = task.speed(model)["speed"]
