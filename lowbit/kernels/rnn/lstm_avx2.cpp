@@ -182,6 +182,11 @@ void cell(const float* g, int64_t B, int64_t H, float* c, float* h) {
   });
 }
 
+void check_scale(const at::Tensor& s, int64_t N, const char* what) {
+  TORCH_CHECK(s.scalar_type() == at::kFloat && s.is_contiguous() && s.numel() == N, what,
+              ": expected contiguous fp32 scales [", N, "], got ", s.scalar_type(), " ", s.sizes());
+}
+
 void check_packed(const at::Tensor& w, int64_t N, int64_t K, const char* what) {
   TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous() && w.dim() == 4 && w.size(0) * 8 == N &&
                   w.size(1) == (K + 1) / 2 && w.size(2) == 8 && w.size(3) == 2,
@@ -197,6 +202,7 @@ at::Tensor w8a8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const auto xc = x.contiguous();
   const int64_t M = xc.size(0), K = xc.size(1), N = w_scale.numel(), K2 = (K + 1) / 2 * 2;
   check_packed(w, N, K, "w8a8_gemm");
+  check_scale(w_scale, N, "w8a8_gemm");
   auto xq = at::empty({M, K2}, x.options().dtype(at::kShort));
   auto sx = at::empty({M}, x.options());
   quantize_rows(xc.data_ptr<float>(), M, K, K2, xq.data_ptr<int16_t>(), sx.data_ptr<float>());
@@ -219,6 +225,9 @@ std::vector<at::Tensor> lstm_layer(const at::Tensor& x, const at::Tensor& w_ih, 
   TORCH_CHECK(N == 4 * H && N % 8 == 0 && s_hh.numel() == N, "lstm_layer: 4 * hidden must be a multiple of 8");
   check_packed(w_ih, N, I, "lstm_layer w_ih");
   check_packed(w_hh, N, H, "lstm_layer w_hh");
+  check_scale(s_ih, N, "lstm_layer s_ih");
+  check_scale(s_hh, N, "lstm_layer s_hh");
+  TORCH_CHECK(h0.numel() == B * H && c0.numel() == B * H, "lstm_layer: h0 and c0 must hold [B, H] = [", B, ", ", H, "]");
   const int64_t KI = (I + 1) / 2 * 2, KH = (H + 1) / 2 * 2;
   auto opts = x.options();
   auto bias_row = at::zeros({N}, opts);
