@@ -3,7 +3,7 @@ and Prejudice), evaluated on the first 32,768 characters of Pride and Prejudice.
 
 It is the recurrent model of lowbit's comparisons (benchmarks/lstm.py: dynamic int8 LSTM vs
 torch.ao's ``quantize_dynamic``). The code lives in ``lowbit.models.austen_lstm`` so that
-``lowbit.models.load_model("austen-lstm")`` finds it; this script trains it (~6 minutes on 2
+``lowbit.models.load_model("austen-lstm")`` finds it; this script trains it (~7 minutes on 2
 cores, deterministic) or reuses the cached checkpoint (safetensors + JSON, never git)::
 
     python examples/austen_lstm.py            # train (or reuse the cached checkpoint), evaluate

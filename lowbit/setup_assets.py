@@ -35,7 +35,7 @@ def setup_assets(models: bool = True) -> None:
 
         start = time.perf_counter()
         already = (checkpoint_path() / "config.json").is_file()
-        load_austen_lstm()  # trains it (~6 min on 2 cores) when not cached
+        load_austen_lstm()  # trains it (~7 min on 2 cores) when not cached
         log.info("%-14s %s (%s, %.1f s)", "austen-lstm", checkpoint_path(),
                  "present" if already else "trained", time.perf_counter() - start)
 

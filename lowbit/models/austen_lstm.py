@@ -2,8 +2,8 @@
 
 No trained LSTM ships in a package, so lowbit trains one: embedding -> 2-layer ``nn.LSTM``
 (hidden 512) -> linear head, on every novel but Pride and Prejudice (held out for evaluation),
-for a fixed number of steps with a fixed seed (deterministic; ~6 minutes on 2 cores). The
-checkpoint is cached as safetensors + JSON (never pickle, never committed); later calls load it.
+for a fixed number of steps with a fixed seed (deterministic; 437 s on a busy 2-core machine).
+The checkpoint is cached as safetensors + JSON (never pickle, never committed); later calls load it.
 ``examples/austen_lstm.py`` is the script around it; ``lowbit.models.load_model("austen-lstm")``
 returns ``(model, tokenizer)``.
 """

@@ -64,7 +64,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {m.name: m for m in (
     BundledModel(
         "austen-lstm", "character LSTM language model (embedding 64, 2-layer LSTM 512, 3.4M params) "
         "trained by lowbit on five Austen novels, fp32; Pride and Prejudice held out",
-        "torch", "python examples/austen_lstm.py (trains ~6 min on 2 cores, then cached; make setup runs it)",
+        "torch", "python examples/austen_lstm.py (trains ~7 min on 2 cores, then cached; make setup runs it)",
         austen_lstm.load_austen_lstm),
 )}
 DEFAULT_LM = "smollm2-135m"
