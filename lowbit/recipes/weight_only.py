@@ -15,6 +15,7 @@ from ..blocks import LINEAR_TYPES, find_blocks, linear_weight
 from ..calibration import BlockRunner
 from ..formats import QFormat, bits_per_weight, int_format
 from ..nn import QEmbedding, QLinear, QuantReport, Skip, swap_modules
+from ..nn.qrnn import ACTIVATION as LSTM_ACTIVATION, QLSTM, check_lstm, planned_bytes
 from ..nn.swap import matches
 from ..qtensor import QTensor
 from .base import ActivationQuant, LayerPlan, Plan, Recipe, float_bytes, patterns
@@ -305,6 +306,19 @@ def int8_layer_plan(name: str, module: nn.Module, act: ActivationQuant | None,
                      kernel, nbytes, fp)
 
 
+def lstm_layer_plan(name: str, module: nn.LSTM) -> LayerPlan:
+    """Plan of an nn.LSTM that becomes a QLSTM (or the error from_float would raise)."""
+    shape = (module.num_layers, module.input_size, module.hidden_size)  # (layers, input, hidden)
+    fp = sum(p.numel() * p.element_size() for p in module.parameters())
+    try:
+        check_lstm(module, name)
+    except ValueError as err:
+        return LayerPlan(name, "LSTM", shape, "error", float_bytes=fp, reason=str(err))
+    label = f"{int_format(8).label()}, activations {LSTM_ACTIVATION.label()}"
+    kernel = QLSTM.planned_kernel(int_format(8), None, module.hidden_size)
+    return LayerPlan(name, "LSTM", shape, "quantize", label, kernel, planned_bytes(module), fp)
+
+
 @register("w8a8")
 @dataclass(frozen=True)
 class DynamicPTQ(Recipe):
@@ -332,7 +346,7 @@ class DynamicPTQ(Recipe):
                              f"multiple of 64, got {g!r}")
 
     weight_format = int_format(8)
-    layer_types = LINEAR_TYPES
+    layer_types = LINEAR_TYPES + (nn.LSTM,)  # LSTMs become QLSTM (activations per token and step)
 
     @property
     def activation(self) -> ActivationQuant:
@@ -351,10 +365,14 @@ class DynamicPTQ(Recipe):
         return ([] if g == 64 else ["pertoken"] if g is None else [f"g{g}"]), {"act_group_size"}
 
     def layer_plan(self, name: str, module: nn.Module) -> LayerPlan:
+        if isinstance(module, nn.LSTM):
+            return lstm_layer_plan(name, module)
         return int8_layer_plan(name, module, self.activation)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         def build(name: str, module: nn.Module) -> nn.Module:
+            if isinstance(module, nn.LSTM):
+                return QLSTM.from_float(module, self.weight_format, name=name)
             group = act_group_for(name, module, self.act_group_size)
             weight = QTensor.from_float(linear_weight(module), self.weight_format, name=name)
             return QLinear(weight, module.bias, ActivationQuant("dynamic", "token", group))

