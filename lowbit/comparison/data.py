@@ -116,7 +116,7 @@ def _lm_task(kind: str, tokenizer, name: str, quick: bool) -> LMTask:
         num, calib_n, seq_len = (2048, 8, 512) if quick else (32768, 128, 512)
     tokens, calib, eval_desc, calib_desc = _text_tokens(tokenizer, name, num, calib_n, seq_len)
     cls = RNNTask if kind == "rnn-lm" else LMTask
-    return cls(tokens=tokens, calib=calib, tokenizer=tokenizer, repeats=2 if quick else 3,
+    return cls(tokens=tokens, calib=calib, tokenizer=tokenizer, repeats=1 if quick else 3,
                new_tokens=16 if quick else 128,
                description={"eval": eval_desc, "calibration": calib_desc})
 

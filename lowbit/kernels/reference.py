@@ -112,10 +112,17 @@ def linear_w8a8_dynamic(x, qweight, scale, bias=None, act_group_size=None):
     if act_group_size:
         N, K = qweight.shape
         G = K // act_group_size
-        xg = x_q.double().reshape(*x_q.shape[:-1], G, act_group_size)
-        wg = qweight.double().reshape(N, G, act_group_size)
-        acc = torch.einsum("...gk,ngk->...gn", xg, wg)  # exact per group
-        y = (acc * x_scale.double()[..., None]).sum(-2).float() * scale.float()
+        # exact per group in fp32 too: every partial sum is an integer below 127 * 127 * 1040 < 2**24
+        dtype = torch.float32 if act_group_size <= 1040 else torch.float64
+        lead = x_q.shape[:-1]
+        xg = x_q.to(dtype).reshape(-1, G, act_group_size).transpose(0, 1)  # (G, M, g)
+        wg = qweight.to(dtype).reshape(N, G, act_group_size).permute(1, 2, 0)  # (G, g, N)
+        acc = torch.bmm(xg, wg)  # (G, M, N)
+        xs = x_scale.double().reshape(-1, G)
+        y = acc[0].double() * xs[:, :1]
+        for g in range(1, G):  # the groups summed in order, in float64
+            y += acc[g].double() * xs[:, g:g + 1]
+        y = y.float().reshape(*lead, N) * scale.float()
     else:
         acc = x_q.double() @ qweight.double().T  # exact: |acc| < 2**53
         y = acc.float() * (x_scale[..., None] * scale.float())

@@ -128,7 +128,8 @@ class Recipe:
                 shape = tuple(getattr(getattr(module, "weight", None), "shape", ()))
                 row = LayerPlan(name, type(module).__name__, shape, "float", bytes=float_bytes(module),
                                 float_bytes=float_bytes(module), reason=why)
-            tied = owner.setdefault(id(getattr(module, "weight", None)), name)
+            weight = getattr(module, "weight", None)  # an nn.LSTM has none: nothing to tie
+            tied = name if weight is None else owner.setdefault(id(weight), name)
             if tied != name:  # a tied weight (output head = input embedding) is held once
                 row = dataclasses.replace(row, bytes=0, float_bytes=0,
                                           reason=(row.reason + "; " if row.reason else "") + f"weight tied to {tied}")

@@ -149,3 +149,10 @@ def test_recipe_plan_reports_unsupported_lstm_as_error():
     model = nn.Sequential(nn.LSTM(4, 8, bidirectional=True))
     row = from_spec("w8a8").plan(model).layers[0]
     assert row.status == "error" and "bidirectional" in row.reason
+
+
+def test_two_lstms_are_two_layers_in_the_plan():
+    model = nn.Sequential(nn.LSTM(8, 16), nn.LSTM(16, 16))
+    rows = {r.name: r for r in from_spec("w8a8").plan(model).layers}
+    assert rows["0"].status == rows["1"].status == "quantize"
+    assert "tied" not in rows["1"].reason and rows["1"].bytes > 0
