@@ -2,8 +2,8 @@
 
 The analogue of ``torch.ao.quantization.quantize_dynamic(model, {nn.LSTM}, dtype=torch.qint8)``:
 weights int8 symmetric per output channel (fp32 scales), the input and hidden state of every
-step quantized to int8 per row at run time, exact integer dot products, gates and cell state in
-fp32. The C++ kernel (``lowbit.kernels.rnn``: AVX2) projects the inputs of all steps in one
+step quantized per row at run time to 7 bits ([-63, 63] in int8, as torch.ao's ``reduce_range``),
+exact integer dot products, gates and cell state in fp32. The C++ kernel (``lowbit.kernels.rnn``: AVX2) projects the inputs of all steps in one
 GEMM and runs the time loop itself; without it the PyTorch reference runs the same numerics.
 """
 from __future__ import annotations

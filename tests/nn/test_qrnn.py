@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import lowbit
-from lowbit.kernels import reference as ref
 from lowbit.kernels import rnn
+from lowbit.kernels.rnn import reference as rnn_ref
 from lowbit.nn import QLSTM
 from lowbit.recipes import from_spec
 
@@ -32,24 +32,33 @@ class TinyLM(nn.Module):
 
 
 @needs_kernel
-@pytest.mark.parametrize("M,K,N", [(1, 16, 8), (5, 33, 24), (32, 64, 40), (7, 1, 64), (70, 130, 200)])
+@pytest.mark.parametrize("M,K,N", [(1, 16, 8), (5, 33, 24), (32, 64, 40), (7, 1, 64), (70, 130, 200), (3, 1023, 16)])
 def test_cpp_gemm_is_bit_exact_with_reference(M, K, N):
     torch.manual_seed(M + K + N)
     x = torch.randn(M, K) * torch.rand(M, 1) * 3
     x[0, : K // 2] = 0.0
     w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
+    w[0] = -128  # the largest vpmaddubsw pair sums: 2 * 127 * -128, no saturation
+    x[-1] = -x[-1].abs() - 0.1  # every activation at the bottom of the unsigned range
     s = torch.rand(N) * 0.01
     bias = torch.randn(N)
     got = rnn.extension_status()[0].w8a8_gemm(x, rnn.pack_weight(w), s, bias)
-    assert torch.equal(got, ref.linear_w8a8_dynamic(x, w, s, bias))
+    assert torch.equal(got, rnn_ref.linear_dynamic(x, w, s, bias))
+
+
+def test_reference_activations_are_7_bit():
+    x = torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    x_q, x_scale = rnn_ref.quantize_rows_7bit(x)
+    assert x_q.tolist() == [[32, -63, 16, 0], [0, 0, 0, 0]]  # 31.5 -> 32 (half to even), 15.75 -> 16
+    assert torch.equal(x_scale, torch.tensor([2.0 / 63, 0.0]))
 
 
 def test_pack_weight_layout():
-    w = torch.arange(8 * 3, dtype=torch.int8).reshape(8, 3)
-    p = rnn.pack_weight(w)  # (1, 2, 8, 2): pairs (w[n, 0], w[n, 1]), then (w[n, 2], 0)
-    assert p.shape == (1, 2, 8, 2)
-    assert torch.equal(p[0, 0], w[:, :2]) and torch.equal(p[0, 1, :, 0], w[:, 2])
-    assert not p[0, 1, :, 1].any()
+    w = torch.arange(8 * 6, dtype=torch.int8).reshape(8, 6)
+    p = rnn.pack_weight(w)  # (1, 2, 8, 4): quads w[n, 0:4], then (w[n, 4], w[n, 5], 0, 0)
+    assert p.shape == (1, 2, 8, 4)
+    assert torch.equal(p[0, 0], w[:, :4]) and torch.equal(p[0, 1, :, :2], w[:, 4:])
+    assert not p[0, 1, :, 2:].any()
     with pytest.raises(ValueError, match="multiple of 8"):
         rnn.pack_weight(torch.zeros(12, 4, dtype=torch.int8))
 

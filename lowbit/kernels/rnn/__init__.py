@@ -3,8 +3,9 @@
 One extension (``lstm_avx2.cpp``, built by ``python -m lowbit.kernels.build``), loaded lazily:
 
 - ``rnn.lstm_layer``: one LSTM layer. The input projection of ALL time steps is one int8 GEMM
-  (T * B rows); the time loop runs in C++: quantize h per row, int8 GEMM with W_hh (exact int32
-  dot products: int8 sign-extended to int16, vpmaddwd), fp32 rescale + bias, gates in fp32.
+  (T * B rows); the time loop runs in C++: quantize h per row to 7 bits, int8 GEMM with W_hh
+  (exact int32 dot products: activations offset to unsigned, vpmaddubsw + vpmaddwd, the offset
+  removed with the weights' row sums), fp32 rescale + bias, gates in fp32.
 - ``rnn.w8a8_gemm``: that GEMM alone (for tests and measurements).
 
 Without the extension (not built, or a CPU without AVX2/FMA) ``reference.lstm_layer``
@@ -62,13 +63,13 @@ def why(hidden_size: int = 2, device: torch.device | str = "cpu") -> str:
 
 
 def pack_weight(q: torch.Tensor) -> torch.Tensor:
-    """int8 [N, K] (N a multiple of 8) -> the C++ layout [N / 8, ceil(K / 2), 8, 2]: for each 8
-    output channels, the pairs (w[n, k], w[n, k + 1]) side by side (K zero-padded to even)."""
+    """int8 [N, K] (N a multiple of 8) -> the C++ layout [N / 8, ceil(K / 4), 8, 4]: for each 8
+    output channels, the quads w[n, k..k+3] side by side (K zero-padded to a multiple of 4)."""
     N, K = q.shape
     if N % 8:
         raise ValueError(f"pack_weight: output channels must be a multiple of 8, got {N}")
-    padded = F.pad(q, (0, K % 2))  # (N, K2)
-    return padded.reshape(N // 8, 8, -1, 2).permute(0, 2, 1, 3).contiguous()  # (N/8, K2/2, 8, 2)
+    padded = F.pad(q, (0, -K % 4))  # (N, K4)
+    return padded.reshape(N // 8, 8, -1, 4).permute(0, 2, 1, 3).contiguous()  # (N/8, K4/4, 8, 4)
 
 
 def lstm_layer(kernel: str, x, w_ih, s_ih, w_hh, s_hh, bias, h0, c0, packed=None):

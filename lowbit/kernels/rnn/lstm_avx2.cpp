@@ -1,16 +1,19 @@
 // lowbit's dynamic int8 LSTM for any x86-64 with AVX2 + FMA (no AVX-512 needed).
 //
 // Numerics (the same as lowbit.kernels.rnn.reference):
-//   activations: per row, x_q = round_half_even(x * (127 / amax)) in [-127, 127], x_scale = amax / 127
+//   activations: per row, 7-bit: x_q = round_half_even(x * (63 / amax)) in [-63, 63], x_scale = amax / 63
 //   weights:     int8 per output channel, w_scale[n]
 //   y[m, n] = float(sum_k x_q[m, k] * w_q[n, k]) * (x_scale[m] * w_scale[n]) (+ add[m, n])
-// The integer dot products are exact: x_q and w_q are sign-extended to int16 and multiplied in
-// pairs with vpmaddwd into int32 (|sum| <= 2 * 127 * 128 per pair, no saturation).
+// The integer dot products are exact. x is stored unsigned, x_u = x_q + 64 in [1, 127], so
+// vpmaddubsw (u8 x s8, pairs summed into int16) applies: |pair| <= 2 * 127 * 128 = 32512 < 32767,
+// never saturating; vpmaddwd with ones sums pairs into int32. The accumulator starts at
+// -64 * sum_k w_q[n, k], which removes the offset: sum_k x_u w = sum_k x_q w + 64 sum_k w.
 //
-// Weight layout ("pack_weight" in rnn/__init__.py): [N / 8][K2 / 2][8][2] int8, K2 = K rounded up
-// to even: for 8 output channels, the pair (w[n, k], w[n, k + 1]) of each of them, 16 bytes per
-// pair of k. One vpmovsxbw of those 16 bytes, times the broadcast pair (x[m, k], x[m, k + 1]),
-// gives 8 partial sums: a GEMM with no horizontal adds, the weight tile reused over MR rows.
+// Weight layout ("pack_weight" in rnn/__init__.py): [N / 8][K4 / 4][8][4] int8, K4 = K rounded up
+// to a multiple of 4 (zero padded): for 8 output channels, the quad w[n, k..k+3] of each of them,
+// 32 bytes per quad of k. One vpmaddubsw of those 32 bytes with the broadcast quad x_u[m, k..k+3],
+// then vpmaddwd with ones, gives 8 partial sums: a GEMM with no horizontal adds, the weight tile
+// reused over MR rows.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -22,17 +25,20 @@
 
 namespace {
 
-// Register tile MR x NR blocks: 8 int32 accumulators + 4 weight registers + 1 broadcast. Measured
-// on Zen 3 (2 threads, 2048 x 512): 2 x 4 gives ~115 GMAC/s at M = 32, 4 x 3 (all 16 ymm
-// registers) ~90; 4 x 2 ties with 2 x 4.
+// Register tile MR x NR blocks: 8 int32 accumulators + 4 weight registers + 1 broadcast + ones.
 constexpr int MR = 2;  // rows of x per register tile
 constexpr int NR = 4;  // blocks of 8 output channels per register tile
 constexpr int64_t MC = 64;  // rows per pass over a weight tile
 constexpr int64_t PARALLEL_MACS = int64_t{1} << 18;  // GEMM work per thread before threads pay
 constexpr int64_t CELL_GRAIN = 8192;  // cell values per thread before threads pay
+constexpr int QMAX = 63;  // 7-bit activations
+constexpr int OFFSET = 64;  // x_u = x_q + OFFSET in [1, 127]
 
-// Quantize M rows of K floats into int16 rows of K2 (zero padded) and per-row scales.
-void quantize_rows(const float* x, int64_t M, int64_t K, int64_t K2, int16_t* xq, float* sx) {
+inline int64_t round4(int64_t k) { return (k + 3) / 4 * 4; }
+
+// Quantize M rows of K floats into unsigned rows x_u of K4 bytes (padding: the offset, a zero) and
+// per-row scales.
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t K4, uint8_t* xq, float* sx) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
@@ -44,74 +50,105 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t K2, int16_t* xq
     float amax = 0.0f;
     for (float v : lanes) amax = std::max(amax, v);
     for (; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    sx[m] = amax / 127.0f;
-    int16_t* out = xq + m * K2;
+    const float inv = amax > 0.0f ? static_cast<float>(QMAX) / amax : 0.0f;
+    sx[m] = amax / static_cast<float>(QMAX);
+    uint8_t* out = xq + m * K4;
     const __m256 vinv = _mm256_set1_ps(inv);
-    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    const __m256i lo = _mm256_set1_epi32(-QMAX), hi = _mm256_set1_epi32(QMAX), off = _mm256_set1_epi32(OFFSET);
     for (k = 0; k + 8 <= K; k += 8) {
       __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + k), vinv));  // half-even
-      q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
-      __m128i packed = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), packed);
+      q = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(q, lo), hi), off);
+      const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + k), _mm_packus_epi16(words, words));
     }
-    for (; k < K; ++k) out[k] = static_cast<int16_t>(std::clamp(std::nearbyint(row[k] * inv), -127.0f, 127.0f));
-    for (; k < K2; ++k) out[k] = 0;
+    for (; k < K; ++k)
+      out[k] = static_cast<uint8_t>(std::clamp(std::nearbyint(row[k] * inv), -float{QMAX}, float{QMAX}) + OFFSET);
+    for (; k < K4; ++k) out[k] = OFFSET;
   }
 }
 
+// -OFFSET * sum_k w[n, k] per output channel n, from the packed weight (the accumulators' start).
+std::vector<int32_t> weight_offsets(const int8_t* w, int64_t N, int64_t K4) {
+  std::vector<int32_t> corr(N);
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  const int64_t quads = K4 / 4;
+  for (int64_t b = 0; b < N / 8; ++b) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int64_t q = 0; q < quads; ++q) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (b * quads + q) * 32));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, wv), ones16));
+    }
+    acc = _mm256_mullo_epi32(acc, _mm256_set1_epi32(-OFFSET));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(corr.data() + b * 8), acc);
+  }
+  return corr;
+}
+
+struct Gemm {  // y[M, N] = dequant(x_u[M, K4] . w^T) (+ add)
+  const uint8_t* xq;
+  int64_t K4;
+  const int8_t* w;
+  const int32_t* corr;  // weight_offsets
+  const float* sx;
+  const float* sw;
+  const float* add;  // row m at add + m * ld_add, or nullptr
+  int64_t ld_add;
+  float* y;
+  int64_t N;
+};
+
 // y[m, n] for rows m0..m0+R and channel blocks b0..b0+C (C blocks of 8), whole K.
 template <int R, int C>
-void tile(const int16_t* xq, int64_t K2, const int8_t* w, const float* sx, const float* sw,
-          const float* add, int64_t ld_add, float* y, int64_t N, int64_t m0, int64_t b0) {
+void tile(const Gemm& g, int64_t m0, int64_t b0) {
+  const int64_t quads = g.K4 / 4, block_bytes = quads * 32;
   __m256i acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_si256();
-  const int64_t pairs = K2 / 2, block_bytes = pairs * 16;
-  const int8_t* wb = w + b0 * block_bytes;
+  for (int c = 0; c < C; ++c) {
+    const __m256i start = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.corr + (b0 + c) * 8));
+    for (int r = 0; r < R; ++r) acc[r][c] = start;
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int8_t* wb = g.w + b0 * block_bytes;
   const int32_t* xr[R];
-  for (int r = 0; r < R; ++r) xr[r] = reinterpret_cast<const int32_t*>(xq + (m0 + r) * K2);
-  for (int64_t p = 0; p < pairs; ++p) {
+  for (int r = 0; r < R; ++r) xr[r] = reinterpret_cast<const int32_t*>(g.xq + (m0 + r) * g.K4);
+  for (int64_t q = 0; q < quads; ++q) {
     __m256i wv[C];
     for (int c = 0; c < C; ++c)
-      wv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + c * block_bytes + p * 16)));
+      wv[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + c * block_bytes + q * 32));
     for (int r = 0; r < R; ++r) {
-      const __m256i xv = _mm256_set1_epi32(xr[r][p]);
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(xv, wv[c]));
+      const __m256i xv = _mm256_set1_epi32(xr[r][q]);
+      for (int c = 0; c < C; ++c)
+        acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv[c]), ones));
     }
   }
   for (int r = 0; r < R; ++r) {
-    const __m256 s = _mm256_set1_ps(sx[m0 + r]);
+    const __m256 s = _mm256_set1_ps(g.sx[m0 + r]);
     for (int c = 0; c < C; ++c) {
       const int64_t n = (b0 + c) * 8;
-      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][c]), _mm256_mul_ps(s, _mm256_loadu_ps(sw + n)));
-      if (add) v = _mm256_add_ps(v, _mm256_loadu_ps(add + (m0 + r) * ld_add + n));
-      _mm256_storeu_ps(y + (m0 + r) * N + n, v);
+      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][c]), _mm256_mul_ps(s, _mm256_loadu_ps(g.sw + n)));
+      if (g.add) v = _mm256_add_ps(v, _mm256_loadu_ps(g.add + (m0 + r) * g.ld_add + n));
+      _mm256_storeu_ps(g.y + (m0 + r) * g.N + n, v);
     }
   }
 }
 
 template <int R>
-void row_tiles(const int16_t* xq, int64_t K2, const int8_t* w, const float* sx, const float* sw,
-               const float* add, int64_t ld_add, float* y, int64_t N, int64_t m0, int64_t b0, int64_t nb) {
+void row_tiles(const Gemm& g, int64_t m0, int64_t b0, int64_t nb) {
   int64_t b = b0;
-  for (; b + NR <= nb; b += NR) tile<R, NR>(xq, K2, w, sx, sw, add, ld_add, y, N, m0, b);
-  for (; b < nb; ++b) tile<R, 1>(xq, K2, w, sx, sw, add, ld_add, y, N, m0, b);
+  for (; b + NR <= nb; b += NR) tile<R, NR>(g, m0, b);
+  for (; b < nb; ++b) tile<R, 1>(g, m0, b);
 }
 
-void rows(int R, const int16_t* xq, int64_t K2, const int8_t* w, const float* sx, const float* sw,
-          const float* add, int64_t ld_add, float* y, int64_t N, int64_t m0, int64_t b0, int64_t b1) {
+void rows(int R, const Gemm& g, int64_t m0, int64_t b0, int64_t b1) {
   static_assert(MR == 2, "rows() dispatches R in 1..MR");
-  if (R == 2) return row_tiles<2>(xq, K2, w, sx, sw, add, ld_add, y, N, m0, b0, b1);
-  return row_tiles<1>(xq, K2, w, sx, sw, add, ld_add, y, N, m0, b0, b1);
+  if (R == 2) return row_tiles<2>(g, m0, b0, b1);
+  return row_tiles<1>(g, m0, b0, b1);
 }
 
-// y[M, N] = dequant(xq[M, K2] . w^T) (+ add). Threads split the output channels; each thread
-// walks its weight tiles once per chunk of 64 rows (the tile stays in L1 across the rows).
-void gemm(const int16_t* xq, int64_t M, int64_t K2, const int8_t* w, const float* sx, const float* sw,
-          const float* add, int64_t ld_add, float* y, int64_t N) {
-  const int64_t nblocks = N / 8;
-  const int64_t tile_macs = M * K2 * 8 * NR;  // threads only for >= PARALLEL_MACS per thread
+// Threads split the output channels; each thread walks its weight tiles once per chunk of 64
+// rows (the tile stays in L1 across the rows).
+void gemm(const Gemm& g, int64_t M) {
+  const int64_t nblocks = g.N / 8;
+  const int64_t tile_macs = M * g.K4 * 8 * NR;  // threads only for >= PARALLEL_MACS per thread
   at::parallel_for(0, (nblocks + NR - 1) / NR, std::max<int64_t>(1, PARALLEL_MACS / tile_macs), [&](int64_t t0, int64_t t1) {
     const int64_t b0 = t0 * NR, b1 = std::min(nblocks, t1 * NR);
     for (int64_t mc = 0; mc < M; mc += MC) {
@@ -119,8 +156,8 @@ void gemm(const int16_t* xq, int64_t M, int64_t K2, const int8_t* w, const float
       for (int64_t b = b0; b < b1; b += NR) {
         const int64_t be = std::min(b1, b + NR);
         int64_t m = mc;
-        for (; m + MR <= mend; m += MR) rows(MR, xq, K2, w, sx, sw, add, ld_add, y, N, m, b, be);
-        if (m < mend) rows(static_cast<int>(mend - m), xq, K2, w, sx, sw, add, ld_add, y, N, m, b, be);
+        for (; m + MR <= mend; m += MR) rows(MR, g, m, b, be);
+        if (m < mend) rows(static_cast<int>(mend - m), g, m, b, be);
       }
     }
   });
@@ -189,27 +226,28 @@ void check_scale(const at::Tensor& s, int64_t N, const char* what) {
 
 void check_packed(const at::Tensor& w, int64_t N, int64_t K, const char* what) {
   TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous() && w.dim() == 4 && w.size(0) * 8 == N &&
-                  w.size(1) == (K + 1) / 2 && w.size(2) == 8 && w.size(3) == 2,
-              what, ": expected a packed int8 weight [", N / 8, ", ", (K + 1) / 2, ", 8, 2], got ", w.sizes());
+                  w.size(1) == round4(K) / 4 && w.size(2) == 8 && w.size(3) == 4,
+              what, ": expected a packed int8 weight [", N / 8, ", ", round4(K) / 4, ", 8, 4], got ", w.sizes());
 }
 
 }  // namespace
 
-// y[M, N] = W8A8 dynamic linear (per-row activation scales), the GEMM the LSTM runs.
+// y[M, N] = W8A8 dynamic linear (per-row 7-bit activation scales), the GEMM the LSTM runs.
 at::Tensor w8a8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
                      const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be fp32 [M, K]");
   const auto xc = x.contiguous();
-  const int64_t M = xc.size(0), K = xc.size(1), N = w_scale.numel(), K2 = (K + 1) / 2 * 2;
+  const int64_t M = xc.size(0), K = xc.size(1), N = w_scale.numel(), K4 = round4(K);
   check_packed(w, N, K, "w8a8_gemm");
   check_scale(w_scale, N, "w8a8_gemm");
-  auto xq = at::empty({M, K2}, x.options().dtype(at::kShort));
+  auto xq = at::empty({M, K4}, x.options().dtype(at::kByte));
   auto sx = at::empty({M}, x.options());
-  quantize_rows(xc.data_ptr<float>(), M, K, K2, xq.data_ptr<int16_t>(), sx.data_ptr<float>());
+  quantize_rows(xc.data_ptr<float>(), M, K, K4, xq.data_ptr<uint8_t>(), sx.data_ptr<float>());
   auto y = at::empty({M, N}, x.options());
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  gemm(xq.data_ptr<int16_t>(), M, K2, w.data_ptr<int8_t>(), sx.data_ptr<float>(), w_scale.data_ptr<float>(),
-       b.defined() ? b.data_ptr<float>() : nullptr, 0, y.data_ptr<float>(), N);  // ld 0: one bias row
+  const auto corr = weight_offsets(w.data_ptr<int8_t>(), N, K4);
+  gemm({xq.data_ptr<uint8_t>(), K4, w.data_ptr<int8_t>(), corr.data(), sx.data_ptr<float>(), w_scale.data_ptr<float>(),
+        b.defined() ? b.data_ptr<float>() : nullptr, 0, y.data_ptr<float>(), N}, M);  // ld 0: one bias row
   return y;
 }
 
@@ -228,28 +266,30 @@ std::vector<at::Tensor> lstm_layer(const at::Tensor& x, const at::Tensor& w_ih, 
   check_scale(s_ih, N, "lstm_layer s_ih");
   check_scale(s_hh, N, "lstm_layer s_hh");
   TORCH_CHECK(h0.numel() == B * H && c0.numel() == B * H, "lstm_layer: h0 and c0 must hold [B, H] = [", B, ", ", H, "]");
-  const int64_t KI = (I + 1) / 2 * 2, KH = (H + 1) / 2 * 2;
+  const int64_t KI = round4(I), KH = round4(H);
   auto opts = x.options();
   auto bias_row = at::zeros({N}, opts);
   if (bias.has_value() && bias->defined()) bias_row.copy_(bias->reshape({N}));
   // gx[T * B, 4H] = input projection of every step + bias, one GEMM.
-  auto xq = at::empty({T * B, KI}, opts.dtype(at::kShort));
+  auto xq = at::empty({T * B, KI}, opts.dtype(at::kByte));
   auto sx = at::empty({T * B}, opts);
-  quantize_rows(xc.data_ptr<float>(), T * B, I, KI, xq.data_ptr<int16_t>(), sx.data_ptr<float>());
+  quantize_rows(xc.data_ptr<float>(), T * B, I, KI, xq.data_ptr<uint8_t>(), sx.data_ptr<float>());
   auto gx = at::empty({T * B, N}, opts);
-  gemm(xq.data_ptr<int16_t>(), T * B, KI, w_ih.data_ptr<int8_t>(), sx.data_ptr<float>(), s_ih.data_ptr<float>(),
-       bias_row.data_ptr<float>(), 0, gx.data_ptr<float>(), N);
+  const auto corr_ih = weight_offsets(w_ih.data_ptr<int8_t>(), N, KI);
+  gemm({xq.data_ptr<uint8_t>(), KI, w_ih.data_ptr<int8_t>(), corr_ih.data(), sx.data_ptr<float>(),
+        s_ih.data_ptr<float>(), bias_row.data_ptr<float>(), 0, gx.data_ptr<float>(), N}, T * B);
   auto out = at::empty({T, B, H}, opts);
   auto h = h0.to(at::kFloat).contiguous().clone();
   auto c = c0.to(at::kFloat).contiguous().clone();
-  auto hq = at::empty({B, KH}, opts.dtype(at::kShort));
+  auto hq = at::empty({B, KH}, opts.dtype(at::kByte));
   auto sh = at::empty({B}, opts);
   auto g = at::empty({B, N}, opts);
+  const auto corr_hh = weight_offsets(w_hh.data_ptr<int8_t>(), N, KH);
   float* hp = h.data_ptr<float>();
   for (int64_t t = 0; t < T; ++t) {
-    quantize_rows(hp, B, H, KH, hq.data_ptr<int16_t>(), sh.data_ptr<float>());
-    gemm(hq.data_ptr<int16_t>(), B, KH, w_hh.data_ptr<int8_t>(), sh.data_ptr<float>(), s_hh.data_ptr<float>(),
-         gx.data_ptr<float>() + t * B * N, N, g.data_ptr<float>(), N);
+    quantize_rows(hp, B, H, KH, hq.data_ptr<uint8_t>(), sh.data_ptr<float>());
+    gemm({hq.data_ptr<uint8_t>(), KH, w_hh.data_ptr<int8_t>(), corr_hh.data(), sh.data_ptr<float>(),
+          s_hh.data_ptr<float>(), gx.data_ptr<float>() + t * B * N, N, g.data_ptr<float>(), N}, B);
     cell(g.data_ptr<float>(), B, H, c.data_ptr<float>(), hp);
     std::copy(hp, hp + B * H, out.data_ptr<float>() + t * B * H);
   }
@@ -257,6 +297,6 @@ std::vector<at::Tensor> lstm_layer(const at::Tensor& x, const at::Tensor& w_ih, 
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("w8a8_gemm", &w8a8_gemm, "W8A8 dynamic GEMM (AVX2, exact int32 dot products)");
+  m.def("w8a8_gemm", &w8a8_gemm, "W8A8 dynamic GEMM, 7-bit activations (AVX2, exact int32 dot products)");
   m.def("lstm_layer", &lstm_layer, "one dynamic int8 LSTM layer, the time loop in C++ (AVX2)");
 }
