@@ -34,20 +34,26 @@ def missing_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo"), flags=REQUIRED_CPU_
     return [flag for flag in flags if flag not in present]
 
 
-@functools.cache
-def extension_status() -> tuple[object | None, str]:
-    """(extension module or None, why). Builds on first use; never raises."""
-    missing = missing_cpu_flags()
+def load_or_reason(missing: list[str], loader: str, what: str, built: str) -> tuple[object | None, str]:
+    """(module or None, why) for the extension ``lowbit.kernels.build.<loader>()`` builds or
+    loads, unless this CPU lacks ``missing``; never raises (the reference kernels take over)."""
     if missing:
         return None, f"CPU lacks {', '.join(missing)}"
     try:
         from lowbit.kernels import build
 
-        module = build.load()
+        module = getattr(build, loader)()
     except Exception as error:  # a failed build falls back to the reference kernels
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return None, f"C++ extension not built: {type(error).__name__}: {first_line}"
-    return module, "C++ extension built (AVX-512 VNNI + BF16)"
+        return None, f"{what} not built: {type(error).__name__}: {first_line}"
+    return module, built
+
+
+@functools.cache
+def extension_status() -> tuple[object | None, str]:
+    """(extension module or None, why). Builds on first use; never raises."""
+    return load_or_reason(missing_cpu_flags(), "load", "C++ extension",
+                          "C++ extension built (AVX-512 VNNI + BF16)")
 
 
 @functools.cache

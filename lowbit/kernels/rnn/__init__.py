@@ -18,6 +18,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from lowbit.kernels.cpu import load_or_reason
 from lowbit.kernels.cpu import missing_cpu_flags as _missing
 from lowbit.kernels.rnn import reference
 
@@ -32,17 +33,8 @@ def missing_cpu_flags() -> list[str]:
 @functools.cache
 def extension_status() -> tuple[object | None, str]:
     """(extension module or None, why). Builds on first use; never raises."""
-    missing = missing_cpu_flags()
-    if missing:
-        return None, f"CPU lacks {', '.join(missing)}"
-    try:
-        from lowbit.kernels import build
-
-        module = build.load_rnn()
-    except Exception as error:  # a failed build falls back to the reference kernel
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return None, f"recurrent C++ extension not built: {type(error).__name__}: {first_line}"
-    return module, "C++ extension built (AVX2 + FMA)"
+    return load_or_reason(missing_cpu_flags(), "load_rnn", "recurrent C++ extension",
+                          "C++ extension built (AVX2 + FMA)")
 
 
 def lstm_kernel(hidden_size: int, device: torch.device | str = "cpu") -> str:
