@@ -132,3 +132,12 @@ def test_kind_detection_and_defaults(lm):
     for spec in default_strategies("causal-lm", lm, train_minutes=1) + default_strategies("cnn", lm, train_minutes=1):
         assert Strategy(spec).recipe() is None or spec == "fp32" or lowbit.recipes.from_spec(spec)
     assert {Strategy(s).family() for s in default_strategies("cnn", lm)} >= {"float", "autocast", "static", "dynamic"}
+
+
+def test_a_budget_no_strategy_meets_is_said_and_the_rows_stay(lm, tmp_path):
+    got = compare(lm, lm_task(), "rtn:w4g32", budget="size=0.001", isolate=False, report=tmp_path / "r")
+    advice = got.recommend()
+    assert not advice["met"] and "No strategy meets the budget (model size ≤ 0.001 MB)" in advice["text"]
+    assert "The closest is" in advice["text"]
+    assert [r["status"] for r in got.rows] == ["ok", "ok"]
+    assert "No strategy meets the budget" in (tmp_path / "r" / "report.md").read_text()
