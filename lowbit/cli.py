@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", nargs="?", default=None,
                    help="bundled name, HF folder, .gguf file or module:factory (default: the bundled LM)")
     c.add_argument("--data", default=None,
-                   help="austen (text), photos or fashion (images), or a .txt file (default: by model kind)")
+                   help="austen (text), photos or fashion (images), or a .txt or .jsonl ({\"text\": ...} per line) file (default: by model kind)")
     c.add_argument("--strategies", default=None,
                    help="comma-separated recipe specs, e.g. w8a8,rtn:w4g64,gptq:w4g64 (default: every "
                         "family lowbit has for the model's kind)")

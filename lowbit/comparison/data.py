@@ -4,8 +4,9 @@ which bundled, held-out data its quality is measured on.
 Names: ``austen`` (text kinds: LM perplexity on Pride and Prejudice, calibration on Emma and
 Mansfield Park; encoder sentences from all six novels, labelled by novel), ``photos``
 (EfficientNet-style RGB CNNs: crops of the bundled photos), ``fashion`` (1-channel CNNs:
-Fashion-MNIST, labelled), or a path to a UTF-8 ``.txt`` file (text kinds: its last tenth is
-held out for evaluation, the rest calibrates).
+Fashion-MNIST, labelled), or a path to a UTF-8 ``.txt`` file or a ``.jsonl`` file of
+``{"text": ...}`` lines (text kinds: its last tenth is held out for evaluation, the rest
+calibrates).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def make_task(kind: str, model: nn.Module, tokenizer: Any, data: Any, *, quick: 
         if kind == "encoder":
             return _encoder_task(tokenizer, name, quick)
         return _lm_task(kind, tokenizer, name, quick)
-    if name == "austen" or name.endswith(".txt"):
+    if name == "austen" or name.endswith((".txt", ".jsonl")):
         raise _wrong_kind(kind, name, "images: 'photos' (RGB, 224x224) or 'fashion' (1-channel 28x28)")
     if name not in IMAGE_DATA:
         raise ValueError(f"unknown image data {name!r}; expected one of {', '.join(IMAGE_DATA)}")
@@ -93,10 +94,13 @@ def _text_tokens(tokenizer, name: str, num: int, calib_n: int, seq_len: int):
                 calibration_batches(tokenizer, n=calib_n, seq_len=seq_len, seed=0),
                 f"first {num} tokens of Pride and Prejudice",
                 f"{calib_n} windows of {seq_len} tokens from Emma and Mansfield Park (seed 0)")
+    from ..data import text_file
+
     path = Path(name).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"data {name!r}: no such file; expected 'austen' or a UTF-8 .txt file")
-    ids = torch.from_numpy(token_ids(tokenizer, path.read_text(encoding="utf-8")).astype("int64"))
+        raise FileNotFoundError(f"data {name!r}: no such file; expected 'austen', a UTF-8 .txt "
+                                f"file or a .jsonl file of {{\"text\": ...}} lines")
+    ids = torch.from_numpy(token_ids(tokenizer, text_file(path)).astype("int64"))
     held = max(ids.numel() // 10, 2)
     if ids.numel() - held < seq_len:
         raise ValueError(f"{path} has {ids.numel()} tokens; a comparison needs at least "
@@ -125,10 +129,12 @@ def _encoder_task(tokenizer, name: str, quick: bool) -> EncoderTask:
     from ..data import NOVELS, austen
 
     if name != "austen":
+        from ..data import text_file
+
         path = Path(name).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"data {name!r}: no such file; expected 'austen' or a .txt file")
-        lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if len(l.split()) >= 4]
+        lines = [l.strip() for l in text_file(path).splitlines() if len(l.split()) >= 4]
         held = lines[-max(len(lines) // 2, 1):]
         return EncoderTask(sentences=held[:2000], calib_sentences=lines[:64], tokenizer=tokenizer,
                            description={"eval": f"{len(held[:2000])} lines of {path.name}",

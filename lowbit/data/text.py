@@ -1,6 +1,7 @@
 """Plain text: any text file, and Jane Austen's six novels (the LM calibration/eval text)."""
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,12 +12,30 @@ NOVELS = ("emma", "prideprejudice", "persuasion", "mansfieldpark", "northangerab
           "sensesensibility")
 
 
-def text_file(path: str | Path, encoding: str = "utf-8") -> str:
-    """The whole text of a file."""
+def text_file(path: str | Path, encoding: str = "utf-8", field: str = "text") -> str:
+    """The whole text of a file: a plain text file, or a ``.jsonl`` file whose lines are JSON
+    objects with a ``field`` string (their texts joined by newlines)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
-    return path.read_text(encoding=encoding)
+    text = path.read_text(encoding=encoding)
+    if path.suffix != ".jsonl":
+        return text
+    texts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise ValueError(f"{path}:{number}: not a JSON object; a .jsonl file holds one "
+                             f'{{"{field}": "..."}} object per line') from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise ValueError(f"{path}:{number}: expected an object with a string {field!r} field, "
+                             f"got {type(record).__name__}"
+                             + (f" with keys {sorted(record)[:5]}" if isinstance(record, dict) else ""))
+        texts.append(record[field])
+    return "\n".join(texts)
 
 
 @lru_cache(maxsize=1)

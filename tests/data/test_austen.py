@@ -32,3 +32,15 @@ def test_known_first_lines():
     assert austen("emma")[:3] == ["EMMA", "", "By Jane Austen"]
     assert austen("persuasion")[0] == "Persuasion"
     assert austen_text("sensesensibility").startswith("SENSE AND SENSIBILITY\n")
+
+
+def test_text_file_reads_jsonl_text_fields(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "first line", "id": 1}\n\n{"text": "second ☃"}\n', encoding="utf-8")
+    assert text_file(path) == "first line\nsecond ☃"
+    path.write_text('{"text": "ok"}\n{"body": "no text"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"corpus.jsonl:2: expected an object with a string 'text' field"):
+        text_file(path)
+    path.write_text('{"text": "ok"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"corpus.jsonl:2: not a JSON object"):
+        text_file(path)
