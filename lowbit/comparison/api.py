@@ -58,6 +58,7 @@ class Budget:
 def fast_kernels() -> dict[str, bool]:
     """Format -> whether it has a fast (non-reference) kernel on this machine."""
     from .. import kernels
+    from ..kernels import rnn
     from ..recipes.autocast import native_half
 
     names = {"linear_int8_weight_only": "int8 weight-only", "linear_int4": "int4 weight-only",
@@ -65,6 +66,7 @@ def fast_kernels() -> dict[str, bool]:
              "linear_nf4": "nf4"}
     out = {names.get(r["op"], r["op"]): r["path"] != "reference" for r in kernels.available()
            if r["op"] in names}
+    out["lstm w8a8 dynamic"] = not rnn.lstm_kernel(hidden_size=2).startswith("reference.")
     out["static int8 (torch quantized engine)"] = bool(torch.backends.quantized.supported_engines)
     out["bf16 matmul"] = native_half("bfloat16")
     return out
