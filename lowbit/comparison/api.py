@@ -17,10 +17,11 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..doctor import machine
-from ..recipes import from_spec
+from ..recipes import REGISTRY, from_spec
 from .data import detect_kind, make_task
-from .runner import run_in_process, run_in_processes, run_on_ray
-from .strategies import REFERENCE, Strategy, default_strategies
+from .lm import recipe_fields
+from .runner import failed_row, run_in_process, run_in_processes, run_on_ray
+from .strategies import REFERENCE, default_strategies
 
 log = logging.getLogger("lowbit")
 _BUDGET = re.compile(r"^\s*(size|bpw|max-loss)\s*=\s*([0-9.]+)\s*(mb|%)?\s*$", re.IGNORECASE)
@@ -99,22 +100,25 @@ class Comparison:
 
 
 def _parse_strategies(strategies) -> list[str]:
-    if isinstance(strategies, str):
-        strategies = [s for s in strategies.split(",") if s.strip()]
-    specs = [s.strip() for s in strategies]
+    """Specs from a list or a comma-separated string, fp32 first. In a string the comma also
+    separates a spec's options: a token that is no spec of its own but a valid option of the
+    spec before it is glued back on ("gptq:w4g64,emb" stays one spec; "w8a8,nosuch" is two)."""
+    tokens = [t.strip() for t in (strategies.split(",") if isinstance(strategies, str) else strategies)]
+    specs: list[str] = []
+    for token in filter(None, tokens):
+        own = ":" in token or token in REGISTRY or token == REFERENCE
+        glued = specs and f"{specs[-1]}{',' if ':' in specs[-1] else ':'}{token}"
+        if glued and isinstance(strategies, str) and not own and _invalid(glued) is None:
+            specs[-1] = glued
+        else:
+            specs.append(token)
     if not specs:
         raise ValueError("no strategies given; pass recipe specs such as 'w8a8,gptq:w4g64'")
-    # a comma also separates a spec's options: "rtn:w4,emb" -> glue option tokens back on
-    merged: list[str] = []
-    for s in specs:
-        if merged and ":" not in s and "=" in s or (merged and s in ("emb", "dynamic", "pertoken")):
-            merged[-1] += "," + s
-        else:
-            merged.append(s)
-    return ([REFERENCE] if REFERENCE not in merged else []) + merged
+    return ([REFERENCE] if REFERENCE not in specs else []) + specs
 
 
 def _invalid(spec: str) -> str | None:
+    """Why ``spec`` is no strategy (its error's first line), or None when it is one."""
     if spec == REFERENCE:
         return None
     try:
@@ -172,8 +176,7 @@ def compare(model: nn.Module | str, data: Any = None, strategies=None, budget=No
         why = _invalid(spec)
         if why:
             log.warning("lowbit compare: strategy %r skipped: %s", spec, why)
-            rows[spec] = {"strategy": spec, "method": spec, "family": Strategy(spec).family(),
-                          "status": "failed", "error": why}
+            rows[spec] = failed_row(spec, why)
     todo = [s for s in specs if s not in rows]
     if ray or (workers and workers > 1):
         trials = run_on_ray(model, task, todo, threads, address=ray, workers=workers)
@@ -215,13 +218,10 @@ def _finite_or_null(comparison: dict) -> None:
 
 
 def _recipe_fields(spec: str) -> dict:
-    if spec == REFERENCE:
-        return {"num_bits": 32, "group_size": None}
     try:
-        fmt = from_spec(spec).weight_format
+        return recipe_fields(None if spec == REFERENCE else from_spec(spec))
     except (ValueError, TypeError):
         return {"num_bits": None, "group_size": None}
-    return {"num_bits": getattr(fmt, "num_bits", None), "group_size": getattr(fmt, "group_size", None)}
 
 
 def _notes(task, quick: bool, workers, ray) -> list[str]:

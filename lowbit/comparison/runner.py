@@ -30,6 +30,12 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def failed_row(spec: str, error: str) -> dict:
+    """The row of a strategy that produced no measurements, with its one-line reason."""
+    return {"strategy": spec, "method": spec, "family": Strategy(spec).family(),
+            "status": "failed", "error": error, "reference": spec == "fp32"}
+
+
 def run_trial(model: nn.Module, task: Task, spec: str, threads: int) -> dict:
     """Quantize ``model`` with ``spec`` and measure it; a failure becomes a failed row."""
     torch.set_num_threads(threads)
@@ -114,8 +120,7 @@ def _schedule(ctx, model, task, specs, threads, workers) -> Iterator[dict]:
                 proc.join()
                 code = proc.exitcode
                 why = "killed (out of memory?)" if code == -9 else f"exit code {code}"
-                row = {"strategy": spec, "method": spec, "family": Strategy(spec).family(),
-                       "status": "failed", "error": f"the trial's process died: {why}"}
+                row = failed_row(spec, f"the trial's process died: {why}")
             conn.close()
             proc.join()
             yield row
@@ -155,8 +160,7 @@ def run_on_ray(model: nn.Module, task: Task, specs: list[str], threads: int,
             try:
                 yield ray.get(done[0])
             except Exception as err:  # a worker that died, a task Ray could not run
-                yield {"strategy": spec, "method": spec, "family": Strategy(spec).family(),
-                       "status": "failed", "error": f"Ray trial failed: {_one_line(err)}"}
+                yield failed_row(spec, f"Ray trial failed: {_one_line(err)}")
     finally:
         if started:
             ray.shutdown()
