@@ -34,6 +34,7 @@ class QuantReport:
 
     recipe: str
     layers: list[LayerReport] = field(default_factory=list)
+    details: dict = field(default_factory=dict)   # what a recipe wants to add (mixed precision: its choice)
 
     @property
     def quantized(self) -> list[LayerReport]:

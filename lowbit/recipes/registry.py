@@ -93,6 +93,9 @@ def from_spec(spec: str) -> Recipe:
     kwargs = dict(preset)
     for token in filter(None, (t.strip() for t in options.split(","))):
         key, eq, value = token.partition("=")
+        if eq and key not in fields and hasattr(cls, "spec_option") and cls.spec_option(token) is not None:
+            kwargs.update(cls.spec_option(token))   # a shorthand with "=" (mixed:bpw=4.0)
+            continue
         if eq:
             if key not in fields:
                 raise ValueError(f"spec {spec!r}: {cls.__name__} has no field {key!r}; fields: "

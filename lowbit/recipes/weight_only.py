@@ -233,19 +233,26 @@ class WeightOnly(Recipe):
 
     # --- calibrated methods: block by block --------------------------------------------------
     @torch.no_grad()
-    def _calibrate(self, model: nn.Module, data) -> dict[str, QTensor | Skip]:
+    def _calibrate(self, model: nn.Module, data,
+                   formats: dict[str, QFormat] | None = None) -> dict[str, QTensor | Skip]:
         """GPTQ or AWQ over the decoder blocks in order (:class:`~lowbit.calibration.BlockRunner`):
-        for each selected block linear, its QTensor or the Skip saying why it stays float."""
+        for each selected block linear, its QTensor or the Skip saying why it stays float.
+
+        ``formats`` (GPTQ only) gives each layer its own format and selects exactly those
+        layers (mixed precision); a codebook format (NF4) is rounded, not GPTQ'd."""
         if data is None:
             raise ValueError(f"{self.describe()} needs calibration data: pass data= a LongTensor "
                              f"of token ids [n, seq_len], e.g. lowbit.data.calibration_batches(tokenizer)")
         fmt, awq = self.weight_format, self.method == "awq"
+        if formats is not None and awq:
+            raise ValueError("per-layer formats apply to GPTQ, not AWQ (its scale search is per group)")
         runner = BlockRunner(model, data, batch_size=self.calib_batch_size, find_producers=awq,
-                             desc=self.describe())
+                             desc=self.describe() if formats is None else "mixed precision (GPTQ)")
         done: dict[str, QTensor | Skip] = {}
         for block in runner:
             chosen = {n for g in block.groups for n in g.names
-                      if matches(n, self.include) and not matches(n, self.exclude)}
+                      if (n in formats if formats is not None else
+                          matches(n, self.include) and not matches(n, self.exclude))}
             groups = [g for g in block.groups if chosen.intersection(g.names)]
             stats = runner.input_stats(groups) if awq or not self.true_sequential else None
             for group, st in zip(groups, stats if awq else ()):   # AWQ: fold on the float block
@@ -262,14 +269,19 @@ class WeightOnly(Recipe):
                 st = stats[j] if stats is not None else runner.input_stats([group])[0]
                 for name in (n for n in group.names if n in chosen and n not in done):
                     W = runner.weight(name)   # [out, in]
+                    f = formats[name] if formats is not None else fmt
                     try:
-                        qw = (awq_quantize(W, st.H, fmt, grid=self.awq_grid) if awq else
-                              gptq(W, st.H, fmt, damp=self.damp, lazy_batch=self.lazy_batch,
+                        if f.kind == "codebook":
+                            done[name] = QTensor.from_float(W, f, name=name)
+                            runner.set_weight(name, done[name].dequantize())
+                            continue
+                        qw = (awq_quantize(W, st.H, f, grid=self.awq_grid) if awq else
+                              gptq(W, st.H, f, damp=self.damp, lazy_batch=self.lazy_batch,
                                    act_order=self.act_order, mse_clip=self.gptq_clip))
                     except ValueError as err:
                         done[name] = self._ragged(name, err)
                         continue
-                    done[name] = QTensor.from_int(qw.q, qw.scale, qw.zero_point, fmt)
+                    done[name] = QTensor.from_int(qw.q, qw.scale, qw.zero_point, f)
                     runner.set_weight(name, done[name].dequantize())
         done.update({n: Skip(why) for n, why in runner.unreached.items()})
         return done
