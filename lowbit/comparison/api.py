@@ -199,12 +199,37 @@ def compare(model: nn.Module | str, data: Any = None, strategies=None, budget=No
     }
     if command:
         out["command"] = command
+    sens = _sensitivity(model, task, [s for s in specs if rows[s]["status"] == "ok"])
+    if sens:
+        out["sensitivity"] = sens
     _finite_or_null(out)
     out["wall_s"] = time.perf_counter() - start
     comparison = Comparison(out)
     if report is not None:
         comparison.write_report(report)
     return comparison
+
+
+def _sensitivity(model: nn.Module, task, specs: list[str]) -> list[dict]:
+    """Per-layer sensitivity rows of the first mixed-precision strategy that ran: its trial
+    computed them with ``lowbit.sensitivity``, so they come from that function's cache."""
+    from ..mixed import sensitivity
+    from ..recipes.mixed import MixedPrecision
+
+    for spec in specs:
+        recipe = None if spec == REFERENCE else from_spec(spec)
+        if not isinstance(recipe, MixedPrecision):
+            continue
+        try:
+            sens = sensitivity(model, task.calibration(recipe), recipe.candidates, method=recipe.method,
+                               measure=recipe.sensitivity == "measured", include=recipe.include,
+                               exclude=recipe.exclude, holdout=recipe.holdout,
+                               proxy_samples=recipe.proxy_samples, hessian_samples=recipe.hessian_samples)
+        except (ValueError, TypeError) as err:
+            log.warning("lowbit compare: no sensitivity plot: %s", err)
+            return []
+        return [{**row, "source": recipe.sensitivity, "recipe": spec} for row in sens.rows(recipe.sensitivity)]
+    return []
 
 
 def _finite_or_null(comparison: dict) -> None:

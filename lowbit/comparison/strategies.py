@@ -75,13 +75,15 @@ def default_strategies(kind: str, model: nn.Module, *, quick: bool = False,
     """
     g = group_size_for(model)
     if kind == "causal-lm":
-        if quick:
+        menu = f"candidates=w2g{g}|w3g{g}|w4g{g}|w8"
+        if quick:   # mixed with RTN: its GPTQ sensitivity pass alone takes minutes on 2 cores
             specs = ["bf16", "w8a8", "rtn:w8", f"rtn:w4g{g}", f"gptq:w4g{g}", f"hqq:w4g{g}",
-                     f"rtn:w3g{g}", "nf4"]
+                     f"rtn:w3g{g}", "nf4", f"mixed:bpw=4.0,method=rtn,{menu}"]
         else:
             specs = ["bf16", "w8a8", "rtn:w8", f"rtn:w4g{g}", f"gptq:w4g{g}", f"awq:w4g{g}",
                      f"hqq:w4g{g}", f"rtn:w3g{g}", f"gptq:w3g{g}", f"awq:w3g{g}", f"hqq:w3g{g}",
-                     "nf4", "llm-int8", "smoothquant:dynamic", "static-w8a8"]
+                     "nf4", "llm-int8", "smoothquant:dynamic", "static-w8a8",
+                     f"mixed:bpw=4.0,{menu}", f"mixed:bpw=3.5,{menu}"]
         if train_minutes:
             blocks = getattr(getattr(model, "config", None), "num_hidden_layers", None) or 4
             specs += [f"qat:w4g{g},minutes={train_minutes},max_steps=none",

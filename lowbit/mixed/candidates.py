@@ -1,7 +1,8 @@
 """The menu a mixed-precision choice picks from: one :class:`Candidate` per weight format.
 
 A candidate is written like the weight part of a recipe spec: ``w4g64`` (4 bits, groups of 64,
-asymmetric), ``w8`` (8 bits per output channel, symmetric), ``w3g128``, ``nf4`` / ``nf4b32``
+asymmetric), ``w8`` (8 bits per output channel, symmetric), ``w3g128``, ``w4pcsym`` (4 bits per
+channel, symmetric: what the static int8 kernels can run), ``nf4`` / ``nf4b32``
 (NormalFloat-4, double-quantized absmax blocks) or ``fp32`` (the layer stays float). Each one
 knows its exact storage bits for a layer, the kernel it runs on here, and how to quantize one
 weight with the chosen method (RTN, HQQ, or GPTQ given the layer's input Hessian).
@@ -57,14 +58,18 @@ class Candidate:
         """"" when this format can hold ``module``'s weight, else why not."""
         if self.recipe is None:
             return ""
-        group, K = self.format.group_size, module.weight.shape[1]
+        group, K = self.format.group_size, module.weight[0].numel()   # a conv's kernel, flattened
         if self.format.granularity == "group" and K % group:
             return f"{self.spec}: group {group} does not divide the input size {K}"
         return ""
 
     def kernel(self, name: str, module: nn.Module) -> str:
         """The kernel this layer would run in this format here ("float" for fp32)."""
-        return "float" if self.recipe is None else self.recipe.layer_plan(name, module).kernel
+        if self.recipe is None:
+            return "float"
+        if isinstance(module, nn.Conv2d):   # convolutions quantize with static int8 activations only
+            return "onednn.qconv2d_pointwise (static int8 activations)"
+        return self.recipe.layer_plan(name, module).kernel
 
     def quantize(self, name: str, W: torch.Tensor, H: torch.Tensor | None = None) -> QTensor | None:
         """The quantized weight ``[out, in]``; GPTQ needs ``H`` (the layer's input ``E[x x^T]``)."""
@@ -102,15 +107,16 @@ def parse_candidate(spec: str, method: str = "gptq") -> Candidate:
         if not block.isdigit():
             raise ValueError(f"candidate {spec!r}: NF4 is written nf4 or nf4b<block>, e.g. nf4b64")
         return Candidate(text, method, NF4(block_size=int(block)))
-    option = WeightOnly.spec_option(text)
+    symmetric = text.endswith("sym")               # w4pcsym: signed symmetric (static int8 kernels)
+    option = WeightOnly.spec_option(text[:-3] if symmetric else text)
     if not option or set(option) - {"num_bits", "group_size"}:
-        raise ValueError(f"candidate {spec!r} not understood; expected w<bits>[g<group>] (w4g64, "
-                         f"w3g128, w8), nf4[b<block>] or fp32. bf16 layers have no kernel in "
+        raise ValueError(f"candidate {spec!r} not understood; expected w<bits>[g<group>|pc][sym] (w4g64, "
+                         f"w3g128, w8, w4pcsym), nf4[b<block>] or fp32. bf16 layers have no kernel in "
                          f"lowbit's mixed menu yet")
     bits = option["num_bits"]
     # HQQ fits zero points; at 8 bits the fast format is symmetric per channel: round it.
-    how = "rtn" if method == "hqq" and bits == 8 else method
-    recipe = WeightOnly(method=how, **option)
+    how = "rtn" if method == "hqq" and (bits == 8 or symmetric) else method
+    recipe = WeightOnly(method=how, **option, **({"symmetric": True} if symmetric else {}))
     return Candidate(text, method, recipe)
 
 

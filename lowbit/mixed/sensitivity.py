@@ -38,7 +38,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -85,6 +85,7 @@ class Sensitivity:
     samples: dict[str, int] = field(default_factory=dict)
     key: str = ""
     quantized: dict | None = field(default=None, repr=False, compare=False)
+    hessians: dict | None = field(default=None, repr=False, compare=False)
 
     def table(self, source: str = "auto") -> np.ndarray:
         """``[layers, candidates]`` array of ``source``: "measured", a proxy name, or "auto"
@@ -111,13 +112,15 @@ class Sensitivity:
     def rows(self, source: str = "auto") -> list[dict]:
         """``[{layer, strategy, quality_loss}]`` for the compare report's sensitivity plot."""
         t = self.table(source)
-        return [{"layer": layer, "strategy": c, "quality_loss": float(t[i, j])}
-                for i, layer in enumerate(self.layers) for j, c in enumerate(self.candidates)]
+        return [{"layer": layer, "strategy": c, "quality_loss": float(t[i, j]),
+                 "metric": "KL(float || model), nats/token" if source in ("auto", "measured", "kl_estimate")
+                 else source}
+                for i, layer in enumerate(self.layers) for j, c in enumerate(self.candidates)
+                if np.isfinite(t[i, j])]
 
     def as_dict(self) -> dict:
         """JSON-safe: a pair the format cannot hold (inf) is None."""
-        out = asdict(self)
-        out.pop("quantized")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("quantized", "hessians")}
         out["bits"] = _json_table(self.bits)
         out["proxies"] = {p: _json_table(t) for p, t in self.proxies.items()}
         out["measured"] = None if self.measured is None else _json_table(self.measured)
@@ -191,14 +194,16 @@ def input_hessians(model: nn.Module, layers: dict[str, nn.Module], data: torch.T
     """``E[x x^T]`` [K, K] of each linear's input under the float model (one pass)."""
     sums: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
-    seen: dict[int, torch.Tensor] = {}   # q/k/v share one input: one x^T x per batch
+    seen: dict[tuple, tuple] = {}   # q/k/v share one input: one x^T x per batch (x held, so
+    #                                   its address cannot be reused by another layer's input)
 
     def update(name: str, x: torch.Tensor) -> None:
-        key = x.data_ptr()
+        key = (x.data_ptr(), tuple(x.shape))
         if key not in seen:
             xf = x.float()
-            seen[key] = xf.t() @ xf
-        sums[name] = seen[key] if name not in sums else sums[name] + seen[key]
+            seen[key] = (x, xf.t() @ xf)
+        xtx = seen[key][1]
+        sums[name] = xtx.clone() if name not in sums else sums[name].add_(xtx)
         count[name] = count.get(name, 0) + x.shape[0]
 
     linears = {n: m for n, m in layers.items() if not isinstance(m, nn.Conv2d)}
@@ -431,7 +436,8 @@ def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDA
             agreement of each proxy with it is then filled in.
         cache: reuse / store the result under the cache folder, keyed by the model's weights,
             the data and every setting.
-        keep_quantized: keep the quantized weights on ``.quantized`` (never cached).
+        keep_quantized: keep the quantized weights on ``.quantized`` and GPTQ's input Hessians
+            on ``.hessians`` (never cached: with a cached result only they are recomputed).
     """
     lm = is_lm(data)
     if not isinstance(data, torch.Tensor) or data.shape[0] < 2:
@@ -442,13 +448,18 @@ def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDA
     calib, held_rows = split(data, holdout)
     layers = select_layers(model, include, exclude, lm=lm)
     settings = {"v": VERSION, "candidates": [c.spec for c in cands], "method": method,
-                "measure": measure, "layers": list(layers), "holdout": holdout,
+                "layers": list(layers), "holdout": holdout,
                 "proxy_samples": proxy_samples, "hessian_samples": hessian_samples}
     key = _fingerprint(model, data, settings) if cache or keep_quantized else ""
-    path = cache_dir("sensitivity") / f"{key}.json"
-    if cache and not keep_quantized and path.exists():
-        log.info("lowbit: sensitivity from cache %s", path)
-        return Sensitivity.from_dict(json.loads(path.read_text()))
+    folder = cache_dir("sensitivity") if cache else None
+    cached = None
+    for name in ([f"{key}-measured.json"] + ([] if measure else [f"{key}.json"])) if cache else []:
+        if (folder / name).exists():           # a measured result also serves a proxy-only request
+            log.info("lowbit: sensitivity from cache %s", folder / name)
+            cached = Sensitivity.from_dict(json.loads((folder / name).read_text()))
+            break
+    if cached is not None and not keep_quantized:
+        return cached
 
     # GPTQ fits its Hessian's rows: the proxies are taken on other rows where there are enough
     proxy_rows = calib[-proxy_samples:]
@@ -464,8 +475,12 @@ def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDA
         hessians = (input_hessians(model, layers, calib[:hessian_samples], batch_size, lm)
                     if any(c.algorithm == "gptq" for c in cands) else None)
         quantized = quantize_all(layers, cands, hessians)
-        del hessians
         seconds["quantize"] = time.perf_counter() - t
+        if cached is not None:                 # only the weights were missing
+            cached.quantized, cached.hessians = quantized, hessians
+            return cached
+        if not keep_quantized:
+            hessians = None
         t = time.perf_counter()
         deltas = _deltas(layers, cands, quantized)
         proxies = proxy_pass(model, layers, deltas, proxy_rows, lm)
@@ -497,10 +512,12 @@ def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDA
                  "held_out": holdout, "held_out_positions": holdout * per_token},
         key=key)
     if cache:
+        path = folder / (f"{key}-measured.json" if measure else f"{key}.json")
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(sens.as_dict()))
         tmp.replace(path)
-    sens.quantized = quantized if keep_quantized else None
+    if keep_quantized:
+        sens.quantized, sens.hessians = quantized, hessians
     log.info("lowbit: %s", sens.summary())
     return sens
 

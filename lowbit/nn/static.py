@@ -84,8 +84,10 @@ class _StaticInt8(QModule):
     def __init__(self, weight: QTensor, bias: torch.Tensor | None, fused: str | None,
                  input_qparams: tuple[float, int], output_qparams: tuple[float, int]) -> None:
         super().__init__()
-        if weight.format.kind != "int" or weight.format.num_bits != 8 or not weight.format.signed:
-            raise ValueError(f"static int8 layers need signed 8-bit weights, got {weight.format.label()}")
+        fmt = weight.format
+        if fmt.kind != "int" or not fmt.signed or not fmt.symmetric or fmt.granularity == "group":
+            raise ValueError(f"static int8 layers need signed symmetric weights (8 bits, or 2..7 bits "
+                             f"that the int8 kernel runs widened), per channel or tensor; got {fmt.label()}")
         self.fused = fused  # ReLU / ReLU6 applied by the kernel (a post-op), or None
         # derived from ``weight`` (for the kernel and the ONNX export), so not saved twice
         self.register_buffer("w_int8", None, persistent=False)             # (out, ...)

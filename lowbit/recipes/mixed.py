@@ -56,6 +56,9 @@ class MixedPrecision(Recipe):
         tolerance: how far (fraction) the measured KL may exceed the estimate before refining.
         holdout: last rows of ``data`` held out to measure on (default 2 for an LM).
         proxy_samples, hessian_samples: rows for the proxies' pass and GPTQ's sensitivity Hessians.
+        activations: None (weights only, activations float) or "static": int8 activations
+            with ranges from ``observer`` (:class:`StaticPTQ`, CNNs), each layer's weights at
+            its chosen bits (candidates ``w4pcsym``, ``w8``, ...).
         include, exclude: fnmatch patterns on the layers to choose for.
     """
 
@@ -69,6 +72,8 @@ class MixedPrecision(Recipe):
     proxy_samples: int = 8
     hessian_samples: int = 32
     calib_batch_size: int = 8
+    activations: str | None = None
+    observer: str = "histogram"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
@@ -93,7 +98,16 @@ class MixedPrecision(Recipe):
                              f"'kl_estimate', not {self.sensitivity!r}")
         if self.refine < 0 or self.tolerance < 0:
             raise ValueError("MixedPrecision.refine and tolerance must be non-negative")
-        parse_candidates(self.candidates, self.method)     # raise now on a bad menu
+        cands = parse_candidates(self.candidates, self.method)     # raise now on a bad menu
+        if self.activations not in (None, "static"):
+            raise ValueError(f"MixedPrecision.activations must be None (float) or 'static' (int8, "
+                             f"StaticPTQ), got {self.activations!r}")
+        if self.activations == "static":
+            for c in cands:
+                f = c.format
+                if f is None or not (f.kind == "int" and f.signed and f.symmetric and f.granularity != "group"):
+                    raise ValueError(f"candidate {c.spec}: static int8 kernels run signed symmetric "
+                                     f"weights per channel; use e.g. w4pcsym, w8")
         patterns(self, "include", "exclude")
 
     def describe(self) -> str:
@@ -120,7 +134,7 @@ class MixedPrecision(Recipe):
         chosen = select_layers(model, self.include, self.exclude, lm=lm)
         plan = Plan(self.describe())
         for name, module in model.named_modules():
-            if not isinstance(module, LINEAR_TYPES + (nn.Embedding,)):
+            if not isinstance(module, LINEAR_TYPES + (nn.Embedding, nn.Conv2d)):
                 continue
             if name in chosen:
                 plan.layers.append(self.layer_plan(name, module))
@@ -138,7 +152,12 @@ class MixedPrecision(Recipe):
         if not fitting:
             return LayerPlan(name, type(module).__name__, shape, "error", bytes=fp, float_bytes=fp,
                              reason="no candidate format fits: " + "; ".join(c.fits(module) for c in cands))
-        kernels = [(c.spec, c.kernel(name, module)) for c in fitting]
+        if self.activations == "static":
+            from .static import StaticPTQ
+
+            kernels = [(c.spec, StaticPTQ().layer_plan(name, module).kernel) for c in fitting]
+        else:
+            kernels = [(c.spec, c.kernel(name, module)) for c in fitting]
         kernels.sort(key=lambda sk: not sk[1].startswith("reference."))   # a slow one first: warned
         bits = self.budget.bpw if self.budget.kind == "bpw" else min(c.bits(module) for c in fitting)
         return LayerPlan(name, type(module).__name__, shape, "quantize", "one of " + "/".join(c.spec for c in fitting),
@@ -150,7 +169,12 @@ class MixedPrecision(Recipe):
         if data is None:
             raise ValueError(f"{self.describe()} needs data: token ids [n, seq_len] for an LM "
                              f"(lowbit.data.calibration_batches(tokenizer)) or inputs [n, ...]")
+        if isinstance(data, (list, tuple)) and data and all(isinstance(b, torch.Tensor) for b in data):
+            data = torch.cat(list(data))                 # batches of inputs (a CNN's loader)
         lm = is_lm(data)
+        self._check_feasible(model, lm)
+        if self.activations == "static":
+            return self._apply_static(model, data, lm)
         sens = sensitivity(model, data, self.candidates, method=self.method,
                            measure=self.sensitivity == "measured", include=self.include,
                            exclude=self.exclude, holdout=self.holdout, proxy_samples=self.proxy_samples,
@@ -186,6 +210,71 @@ class MixedPrecision(Recipe):
         best = self._best(rounds)
         self._restore(layers, originals)     # fp32-chosen layers keep their float weights
         return self._swap(model, layers, cands, best, rounds, sens, held_rows)
+
+    def _apply_static(self, model: nn.Module, data: torch.Tensor, lm: bool) -> QuantReport:
+        """Choose the weight bits per layer, then StaticPTQ with them; measure once."""
+        from .static import StaticPTQ
+
+        sens = sensitivity(model, data, self.candidates, method=self.method,
+                           measure=self.sensitivity == "measured", include=self.include,
+                           exclude=self.exclude, holdout=self.holdout, proxy_samples=self.proxy_samples,
+                           hessian_samples=self.hessian_samples)
+        cands = parse_candidates(self.candidates, self.method)
+        calib, held_rows = split(data, sens.samples["held_out"])
+        cost, bits = sens.table(self.sensitivity), np.asarray(sens.bits, float)
+        a = solve(cost, bits, np.asarray(sens.numel, float), self.budget, sens.layers, sens.candidates)
+        held = HeldOut(model, held_rows, lm)
+        chosen = {n: cands[j] for n, j in zip(sens.layers, a.choice)}
+        static = StaticPTQ(observer=self.observer, include=self.include, exclude=self.exclude,
+                           weight_bits=tuple((n, c.format.num_bits) for n, c in chosen.items()))
+        report = static.apply(model, list(calib.split(self.calib_batch_size)))
+        measured = held.kl()
+        why = self._why(sens.layers, cands, a.choice, cost, bits)
+        report.recipe = self.describe() + " with static int8 activations"
+        report.layers = [LayerReport(r.name, r.module_type, r.status, r.format, r.kernel, r.bits_per_weight,
+                                     f"{why[r.name]}; {r.reason}" if r.name in why and r.status == "quantized"
+                                     else r.reason) for r in report.layers]
+        report.details = self._details(sens, cands, a.choice, a.bpw, a.estimate, measured, held_rows,
+                                       [{"round": 0, "bpw": a.bpw, "estimate": a.estimate,
+                                         "measured_kl": measured}], 0)
+        return report
+
+    @staticmethod
+    def _why(names, cands, choice, cost, bits) -> dict[str, str]:
+        why = {}
+        for i, n in enumerate(names):
+            j = choice[i]
+            smaller = [k for k in range(len(cands)) if bits[i, k] < bits[i, j]]
+            text = f"chosen by mixed precision: est. KL {cost[i, j]:.3g}"
+            if smaller:
+                k = max(smaller, key=lambda k: bits[i, k])
+                text += (f"; {cands[k].spec} would save {bits[i, j] - bits[i, k]:.2f} bits/weight "
+                         f"for +{cost[i, k] - cost[i, j]:.3g} KL")
+            else:
+                text += "; the smallest format in the menu"
+            why[n] = text
+        return why
+
+    def _details(self, sens, cands, choice, bpw, estimate, measured, held_rows, rounds, chosen_round) -> dict:
+        return {
+            "budget": self.budget.label(), "method": self.method, "sensitivity": self.sensitivity,
+            "activations": self.activations or "float",
+            "bpw": bpw, "estimate": estimate, "measured_kl": measured,
+            "held_out_rows": int(held_rows.shape[0]),
+            "counts": dict(Counter(cands[j].spec for j in choice)),
+            "choice": {n: cands[j].spec for n, j in zip(sens.layers, choice)},
+            "rounds": rounds, "chosen_round": chosen_round,
+            "sensitivity_seconds": sens.seconds, "spearman": sens.spearman, "sensitivity_key": sens.key,
+        }
+
+    def _check_feasible(self, model: nn.Module, lm: bool) -> None:
+        """Before any work: every layer has a format that fits, and a bits budget is reachable."""
+        layers = select_layers(model, self.include, self.exclude, lm=lm)
+        cands = parse_candidates(self.candidates, self.method)
+        bits = np.array([[c.bits(m) if not c.fits(m) else math.inf for c in cands] for m in layers.values()])
+        numel = [m.weight.numel() for m in layers.values()]
+        budget = self.budget if self.budget.kind != "max_kl" else Budget(bpw=1e9)
+        solve(np.zeros_like(bits), bits, numel, budget, list(layers), [c.spec for c in cands])
 
     def _quantize(self, model, layers, cands, choice, calib) -> dict:
         """Quantize every chosen layer to its format; the model's weights become the dequantized
@@ -256,18 +345,7 @@ class MixedPrecision(Recipe):
         names = list(layers)
         choice, weights, cost = best["choice"], best["weights"], best["cost"]
         bits = np.asarray(sens.bits, float)
-        why = {}
-        for i, n in enumerate(names):
-            j = choice[i]
-            smaller = [k for k in range(len(cands)) if bits[i, k] < bits[i, j]]
-            text = f"chosen by mixed precision: est. KL {cost[i, j]:.3g}"
-            if smaller:
-                k = max(smaller, key=lambda k: bits[i, k])
-                text += (f"; {cands[k].spec} would save {bits[i, j] - bits[i, k]:.2f} bits/weight "
-                         f"for +{cost[i, k] - cost[i, j]:.3g} KL")
-            else:
-                text += "; the smallest format in the menu"
-            why[n] = text
+        why = self._why(names, cands, choice, cost, bits)
 
         def build(name: str, module: nn.Module) -> nn.Module:
             q = weights.get(name)
@@ -283,16 +361,10 @@ class MixedPrecision(Recipe):
                                      ("not a mixed-precision layer" if r.reason == "excluded by pattern"
                                       else r.reason))
                          for r in report.layers]
-        counts = Counter(cands[j].spec for j in choice)
-        report.details = {
-            "budget": self.budget.label(), "method": self.method, "sensitivity": self.sensitivity,
-            "bpw": best["bpw"], "estimate": best["estimate"], "measured_kl": best["measured_kl"],
-            "held_out_rows": int(held_rows.shape[0]),
-            "counts": dict(counts), "choice": {n: cands[j].spec for n, j in zip(names, choice)},
-            "rounds": [{k: r[k] for k in ("round", "bpw", "estimate", "measured_kl")} for r in rounds],
-            "chosen_round": best["round"],
-            "sensitivity_seconds": sens.seconds, "spearman": sens.spearman, "sensitivity_key": sens.key,
-        }
+        report.details = self._details(
+            sens, cands, choice, best["bpw"], best["estimate"], best["measured_kl"], held_rows,
+            [{k: r[k] for k in ("round", "bpw", "estimate", "measured_kl")} for r in rounds], best["round"])
+        counts = report.details["counts"]
         log.info("lowbit: %s: %s at %.3f bpw, measured KL %.4g (estimate %.4g)", self.describe(),
                  dict(counts), best["bpw"], best["measured_kl"], best["estimate"])
         return report

@@ -9,6 +9,7 @@ adjacent int8 layers (see :mod:`lowbit.nn.static` for where float crossings rema
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ class StaticPTQ(Recipe):
         fold_bn: fold BatchNorm2d into the preceding conv (exact in float) first.
         include, exclude: fnmatch patterns on module names; excluded layers stay float.
         max_batches: calibrate on at most this many batches of ``data``.
+        weight_bits: ``((name, bits), ...)``: layers (fnmatch patterns, first match wins) whose
+            weights are STORED at 2..7 bits (signed, symmetric); the int8 kernel runs them with
+            the values widened to int8, so they save bytes on disk and in the checkpoint, not
+            time. Mixed precision (:class:`~lowbit.recipes.MixedPrecision` with
+            ``activations="static"``) fills it in per layer.
 
     ``data`` is an iterable of batches: tensors (``model(batch)``), tuples (``model(*batch)``)
     or dicts (``model(**batch)``).
@@ -52,6 +58,7 @@ class StaticPTQ(Recipe):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     max_batches: int | None = None
+    weight_bits: tuple[tuple[str, int], ...] = ()
 
     needs_data = True
     layer_types = (nn.Conv2d, nn.Linear)
@@ -61,11 +68,21 @@ class StaticPTQ(Recipe):
             raise ValueError(f"StaticPTQ.observer must be one of {tuple(OBSERVERS)}, "
                              f"got {self.observer!r}")
         patterns(self, "include", "exclude")
+        pairs = tuple((str(n), int(b)) for n, b in (self.weight_bits.items() if isinstance(self.weight_bits, dict)
+                                                     else self.weight_bits))
+        if any(not 2 <= b <= 8 for _, b in pairs):
+            raise ValueError(f"StaticPTQ.weight_bits must be 2..8 per layer, got {pairs}")
+        object.__setattr__(self, "weight_bits", pairs)
 
     @property
     def weight_format(self) -> QFormat:
         fmt = int_format(8)  # signed, symmetric, fp32 scales
         return fmt if self.per_channel else fmt.replace(granularity="tensor")
+
+    def format_for(self, name: str) -> QFormat:
+        """The weight format of layer ``name`` (8 bits unless ``weight_bits`` says otherwise)."""
+        bits = next((b for pattern, b in self.weight_bits if fnmatch.fnmatchcase(name, pattern)), 8)
+        return self.weight_format.replace(num_bits=bits)
 
     @property
     def activation(self) -> ActivationQuant:
@@ -88,7 +105,7 @@ class StaticPTQ(Recipe):
         why = _unsupported(module)
         if why:
             return LayerPlan(name, kind, shape, "float", bytes=fp, float_bytes=fp, reason=why)
-        fmt = self.weight_format
+        fmt = self.format_for(name)
         W = module.weight
         nbytes = round(W.numel() * bits_per_weight(fmt, W.numel(), shape[0]) / 8)
         nbytes += 0 if module.bias is None else 4 * shape[0]
@@ -118,13 +135,11 @@ class StaticPTQ(Recipe):
         return _final_report(model, report)
 
     def _observe(self, fused: dict[str, str]):
-        fmt = self.weight_format
-
         def build(name: str, module: nn.Module) -> Observed:
             why = _unsupported(module)
             if why:
                 raise Skip(why)
-            weight = QTensor.from_float(module.weight.detach(), fmt, name=name)
+            weight = QTensor.from_float(module.weight.detach(), self.format_for(name), name=name)
             return Observed(module, weight, fused.get(name),
                             make_observer(self.observer, name=f"{name} input"),
                             make_observer(self.observer, name=f"{name} output"))
@@ -147,7 +162,12 @@ def _unsupported(module: nn.Module) -> str:
 def _final_report(model: nn.Module, report: QuantReport) -> QuantReport:
     """The first swap's report, with each int8 layer's kernel and its I/O as profiled."""
     modules = dict(model.named_modules())
-    layers = [dataclasses.replace(r, kernel=modules[r.name].kernel(), reason=modules[r.name].io())
+    def reason(m) -> str:
+        bits = m.weight.format.num_bits
+        widened = f"; {bits}-bit weights stored packed, widened to int8 for the kernel" if bits < 8 else ""
+        return m.io() + widened
+
+    layers = [dataclasses.replace(r, kernel=modules[r.name].kernel(), reason=reason(modules[r.name]))
               if r.status == "quantized" else r for r in report.layers]
     return QuantReport(report.recipe, layers)
 

@@ -100,11 +100,17 @@ def sensitivity(comparison: dict, path: Path) -> Path:
     labels = [f"{e.get('layer')} [{e.get('strategy')}]" if several else str(e.get("layer")) for e in shown]
     fig = Figure(figsize=(9, 1.5 + 0.28 * max(len(shown), 1)), dpi=_DPI)
     ax = fig.add_subplot()
-    ax.barh(range(len(shown)), [100 * value(e, "quality_loss") for e in shown], color="#1f77b4")
+    own = shown[0].get("metric") if shown else None     # e.g. lowbit.sensitivity's KL
+    scale = 1 if own else 100
+    ax.barh(range(len(shown)), [scale * value(e, "quality_loss") for e in shown], color="#1f77b4")
     ax.set_yticks(range(len(shown)), labels, fontsize=7)
     ax.invert_yaxis()
-    metric = comparison["metric"].get("label") or comparison["metric"].get("name")
-    ax.set_xlabel(f"quality loss when only this layer is quantized (% of the float model's {metric})")
+    if own:
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{own} when only this layer is quantized ({shown[0].get('source', 'measured')})")
+    else:
+        metric = comparison["metric"].get("label") or comparison["metric"].get("name")
+        ax.set_xlabel(f"quality loss when only this layer is quantized (% of the float model's {metric})")
     strategies = sorted({str(e.get("strategy")) for e in shown})
     title = f"per-layer sensitivity ({', '.join(strategies)})"
     if len(entries) > len(shown):
