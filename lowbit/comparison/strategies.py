@@ -14,7 +14,7 @@ FAMILIES = {
     "bf16": "autocast", "fp16": "autocast", "w8a8": "dynamic", "static": "static",
     "static-w8a8": "static", "rtn": "weight-only", "gptq": "weight-only", "awq": "weight-only",
     "hqq": "weight-only", "nf4": "llm", "llm-int8": "llm", "smoothquant": "llm", "qat": "qat",
-    "qlora": "qat", "distill": "distill",
+    "qlora": "qat", "distill": "distill", "mixed": "mixed precision",
 }
 NEEDS = {"distill": ["calibration data", "training"], "qat": ["calibration data", "training"],
          "qlora": ["calibration data", "training"]}
@@ -97,7 +97,7 @@ def default_strategies(kind: str, model: nn.Module, *, quick: bool = False,
             specs = specs[:7]
     elif kind == "cnn":
         specs = ["bf16", "static:minmax", "static:percentile", "static:histogram", "static:mse",
-                 "w8a8", "rtn:w8"]
+                 "w8a8", "rtn:w8", "mixed:bpw=6.0,method=rtn,activations=static,candidates=w4pcsym|w8"]
         if quick:
             specs = ["bf16", "static:minmax", "static:histogram", "w8a8"]
         # no QAT row: the QAT recipe trains Conv2d fake-quantized but converts only Linear

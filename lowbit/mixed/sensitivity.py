@@ -439,6 +439,8 @@ def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDA
         keep_quantized: keep the quantized weights on ``.quantized`` and GPTQ's input Hessians
             on ``.hessians`` (never cached: with a cached result only they are recomputed).
     """
+    if isinstance(data, (list, tuple)) and data and all(isinstance(b, torch.Tensor) for b in data):
+        data = torch.cat(list(data))             # batches of inputs, as a CNN's loader gives them
     lm = is_lm(data)
     if not isinstance(data, torch.Tensor) or data.shape[0] < 2:
         raise TypeError(f"sensitivity data must be a tensor of at least 2 rows (token ids [n, seq_len] "

@@ -209,3 +209,23 @@ def test_static_mixed_cnn_stores_chosen_bits_and_meets_the_size_budget():
 def test_static_mixed_rejects_formats_the_int8_kernels_cannot_run():
     with pytest.raises(ValueError, match="candidate w4g64: static int8 kernels run signed symmetric"):
         MixedPrecision(candidates=("w4g64", "w8"), budget=Budget(bpw=6), activations="static")
+
+
+# --- lowbit compare ---------------------------------------------------------------------------
+def test_compare_runs_a_mixed_row_and_plots_its_sensitivity(tmp_path, monkeypatch):
+    from lowbit.comparison import LMTask, compare
+
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    g = torch.Generator().manual_seed(0)
+    task = LMTask(tokens=torch.randint(0, 96, (256,), generator=g), calib=torch.randint(0, 96, (8, 32), generator=g),
+                  window=64, new_tokens=2, repeats=1)
+    got = compare(tiny_llama(), task, "rtn:w4g32,mixed:bpw=4.0,method=rtn,candidates=w2g32|w4g32|w8",
+                  isolate=False, report=tmp_path / "r")
+    rows = {r["strategy"]: r for r in got.rows}
+    mixed = rows["mixed:bpw=4.0,method=rtn,candidates=w2g32|w4g32|w8"]
+    assert mixed["status"] == "ok", mixed.get("error")
+    assert mixed["family"] == "mixed precision"
+    sens = got.data["sensitivity"]
+    assert len(sens) == 14 * 3 and {e["strategy"] for e in sens} == {"w2g32", "w4g32", "w8"}
+    assert all(e["metric"].startswith("KL") for e in sens)
+    assert (tmp_path / "r" / "sensitivity.png").stat().st_size > 1000
