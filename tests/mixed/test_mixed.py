@@ -229,3 +229,18 @@ def test_compare_runs_a_mixed_row_and_plots_its_sensitivity(tmp_path, monkeypatc
     assert len(sens) == 14 * 3 and {e["strategy"] for e in sens} == {"w2g32", "w4g32", "w8"}
     assert all(e["metric"].startswith("KL") for e in sens)
     assert (tmp_path / "r" / "sensitivity.png").stat().st_size > 1000
+
+
+def test_a_mixed_model_saves_and_loads_bit_exact(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    model, data = tiny_llama(), tokens(10)
+    q = lowbit.quantize(model, MixedPrecision(candidates=("w2g32", "w4g32", "w8"), budget=Budget(bpw=4.0),
+                                              method="rtn", proxy_samples=4), data=data)
+    lowbit.save(q, tmp_path / "m")
+    back = lowbit.load(tmp_path / "m")
+    for name, spec in q.lowbit_report.details["choice"].items():
+        a, b = q.get_submodule(name).weight, back.get_submodule(name).weight
+        assert b.format == a.format == parse_candidate(spec).format
+        assert torch.equal(a.dequantize(), b.dequantize())
+    with torch.no_grad():
+        assert torch.equal(q(data[:2]).logits, back(data[:2]).logits)
