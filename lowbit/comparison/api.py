@@ -223,7 +223,7 @@ def _sensitivity(model: nn.Module, task, specs: list[str]) -> list[dict]:
         try:
             sens = sensitivity(model, task.calibration(recipe), recipe.candidates, method=recipe.method,
                                measure=recipe.sensitivity == "measured", include=recipe.include,
-                               exclude=recipe.exclude, holdout=recipe.holdout,
+                               exclude=recipe.exclude, head=recipe.embeddings, holdout=recipe.holdout,
                                proxy_samples=recipe.proxy_samples, hessian_samples=recipe.hessian_samples)
         except (ValueError, TypeError) as err:
             log.warning("lowbit compare: no sensitivity plot: %s", err)

@@ -151,13 +151,15 @@ def is_lm(data) -> bool:
     return isinstance(data, torch.Tensor) and not data.is_floating_point() and data.dim() == 2
 
 
-def select_layers(model: nn.Module, include=("*",), exclude=(), *, lm: bool) -> dict[str, nn.Module]:
-    """The layers mixed precision chooses for: a decoder LM's block linears, or every Linear and
-    Conv2d of another model, filtered by ``include``/``exclude`` patterns."""
+def select_layers(model: nn.Module, include=("*",), exclude=(), *, lm: bool,
+                  head: bool = False) -> dict[str, nn.Module]:
+    """The layers mixed precision chooses for: a decoder LM's block linears (with ``head``
+    also the linears after the blocks: the output head, and with it a tied input embedding),
+    or every Linear and Conv2d of another model, filtered by ``include``/``exclude``."""
     if lm:
         prefix, _ = find_blocks(model)
         pool = {n: m for n, m in model.named_modules()
-                if isinstance(m, LINEAR_TYPES) and n.startswith(prefix + ".")}
+                if isinstance(m, LINEAR_TYPES) and (head or n.startswith(prefix + "."))}
     else:
         pool = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     layers = {n: m for n, m in pool.items() if matches(n, include) and not matches(n, exclude)}
@@ -411,6 +413,14 @@ def _fingerprint(model: nn.Module, data: torch.Tensor, settings: dict) -> str:
     return h.hexdigest()
 
 
+def held_block(model: nn.Module, name: str) -> int | None:
+    """The decoder block index of layer ``name``, or None outside the blocks."""
+    prefix, _ = find_blocks(model)
+    if not name.startswith(prefix + "."):
+        return None
+    return int(name[len(prefix) + 1:].split(".")[0])
+
+
 def split(data: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration rows, held-out rows): the last ``holdout`` rows are held out."""
     if not 0 < holdout < data.shape[0]:
@@ -421,7 +431,7 @@ def split(data: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDATES, *,
-                method: str = "gptq", measure: bool = False, include=("*",), exclude=(),
+                method: str = "gptq", measure: bool = False, include=("*",), exclude=(), head: bool = False,
                 holdout: int | None = None, proxy_samples: int = 8, hessian_samples: int = 32,
                 batch_size: int = 4, cache: bool = True, keep_quantized: bool = False,
                 model_name: str = "") -> Sensitivity:
@@ -432,6 +442,9 @@ def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDA
             the last ``holdout`` rows (default 2 for an LM, n // 4 otherwise) are held out.
         candidates: formats (``"w2g64", "w4g64", "w8", "nf4", "fp32"``) or a comma string.
         method: how a candidate weight is made: "rtn", "hqq" or "gptq".
+        head: also choose for the linears after the decoder blocks (the output head; a tied input
+            embedding shares its format, so its measured cost includes both uses). They are
+            rounded (RTN) whatever ``method`` says, as GPTQ walks only the blocks.
         measure: also measure every (layer, candidate) pair one layer at a time; the Spearman
             agreement of each proxy with it is then filled in.
         cache: reuse / store the result under the cache folder, keyed by the model's weights,
@@ -448,10 +461,13 @@ def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDA
     cands = parse_candidates(candidates, method)
     holdout = holdout or (2 if lm else max(1, data.shape[0] // 4))
     calib, held_rows = split(data, holdout)
-    layers = select_layers(model, include, exclude, lm=lm)
+    layers = select_layers(model, include, exclude, lm=lm, head=head)
     settings = {"v": VERSION, "candidates": [c.spec for c in cands], "method": method,
                 "layers": list(layers), "holdout": holdout,
                 "proxy_samples": proxy_samples, "hessian_samples": hessian_samples}
+    outside = [n for n in layers if lm and held_block(model, n) is None]
+    if outside:   # quantized by rounding, as the recipe quantizes them (GPTQ walks the blocks)
+        settings["outside_blocks"] = "rtn"
     key = _fingerprint(model, data, settings) if cache or keep_quantized else ""
     folder = cache_dir("sensitivity") if cache else None
     cached = None
@@ -476,7 +492,10 @@ def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDA
         t = time.perf_counter()
         hessians = (input_hessians(model, layers, calib[:hessian_samples], batch_size, lm)
                     if any(c.algorithm == "gptq" for c in cands) else None)
-        quantized = quantize_all(layers, cands, hessians)
+        quantized = quantize_all({n: m for n, m in layers.items() if n not in outside}, cands, hessians)
+        if outside:
+            rounded = parse_candidates([c.spec for c in cands], "rtn")
+            quantized.update(quantize_all({n: layers[n] for n in outside}, rounded, None))
         seconds["quantize"] = time.perf_counter() - t
         if cached is not None:                 # only the weights were missing
             cached.quantized, cached.hessians = quantized, hessians

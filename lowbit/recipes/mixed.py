@@ -27,9 +27,10 @@ from torch import nn
 
 from ..blocks import LINEAR_TYPES, find_blocks
 from ..mixed.candidates import DEFAULT_CANDIDATES, METHODS, parse_candidates
-from ..mixed.sensitivity import PROXIES, HeldOut, is_lm, select_layers, sensitivity, split, weight_matrix
+from ..mixed.sensitivity import (PROXIES, HeldOut, held_block, is_lm, select_layers, sensitivity, split,
+                                 weight_matrix)
 from ..mixed.solve import Assignment, Budget, solve
-from ..nn import QuantReport, Skip, swap_modules
+from ..nn import QEmbedding, QuantReport, Skip, swap_modules
 from ..nn.swap import LayerReport
 from .base import LayerPlan, Plan, Recipe, float_bytes, patterns
 from .registry import register
@@ -56,6 +57,9 @@ class MixedPrecision(Recipe):
         tolerance: how far (fraction) the measured KL may exceed the estimate before refining.
         holdout: last rows of ``data`` held out to measure on (default 2 for an LM).
         proxy_samples, hessian_samples: rows for the proxies' pass and GPTQ's sensitivity Hessians.
+        embeddings: the output head is a candidate layer too (a decoder LM's linears after the
+            blocks), and a tied input embedding shares its format (one packed table). It is
+            rounded (RTN): GPTQ walks only the blocks.
         activations: None (weights only, activations float) or "static": int8 activations
             with ranges from ``observer`` (:class:`StaticPTQ`, CNNs), each layer's weights at
             its chosen bits (candidates ``w4pcsym``, ``w8``, ...).
@@ -74,6 +78,7 @@ class MixedPrecision(Recipe):
     calib_batch_size: int = 8
     activations: str | None = None
     observer: str = "histogram"
+    embeddings: bool = False
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
@@ -131,7 +136,7 @@ class MixedPrecision(Recipe):
             lm = True
         except ValueError:
             lm = False
-        chosen = select_layers(model, self.include, self.exclude, lm=lm)
+        chosen = select_layers(model, self.include, self.exclude, lm=lm, head=self.embeddings)
         plan = Plan(self.describe())
         for name, module in model.named_modules():
             if not isinstance(module, LINEAR_TYPES + (nn.Embedding, nn.Conv2d)):
@@ -177,9 +182,9 @@ class MixedPrecision(Recipe):
             return self._apply_static(model, data, lm)
         sens = sensitivity(model, data, self.candidates, method=self.method,
                            measure=self.sensitivity == "measured", include=self.include,
-                           exclude=self.exclude, holdout=self.holdout, proxy_samples=self.proxy_samples,
-                           hessian_samples=self.hessian_samples)
-        layers = select_layers(model, self.include, self.exclude, lm=lm)
+                           exclude=self.exclude, head=self.embeddings, holdout=self.holdout,
+                           proxy_samples=self.proxy_samples, hessian_samples=self.hessian_samples)
+        layers = select_layers(model, self.include, self.exclude, lm=lm, head=self.embeddings)
         if list(layers) != sens.layers:
             raise RuntimeError("sensitivity and recipe disagree on the layers; clear the sensitivity cache")
         cands = parse_candidates(self.candidates, self.method)
@@ -269,7 +274,7 @@ class MixedPrecision(Recipe):
 
     def _check_feasible(self, model: nn.Module, lm: bool) -> None:
         """Before any work: every layer has a format that fits, and a bits budget is reachable."""
-        layers = select_layers(model, self.include, self.exclude, lm=lm)
+        layers = select_layers(model, self.include, self.exclude, lm=lm, head=self.embeddings)
         cands = parse_candidates(self.candidates, self.method)
         bits = np.array([[c.bits(m) if not c.fits(m) else math.inf for c in cands] for m in layers.values()])
         numel = [m.weight.numel() for m in layers.values()]
@@ -284,6 +289,12 @@ class MixedPrecision(Recipe):
         if self.method == "gptq" and is_lm(calib):
             runner = WeightOnly(method="gptq", calib_batch_size=self.calib_batch_size)
             out.update(runner._calibrate(model, calib, formats=formats))
+            for name, j in zip(layers, choice):     # after the blocks (the head): rounded
+                if name not in out and held_block(model, name) is None:
+                    module = layers[name]
+                    q = parse_candidates([cands[j].spec], "rtn")[0].quantize(name, weight_matrix(module))
+                    module.weight.data = q.dequantize().reshape(module.weight.shape).to(module.weight.dtype)
+                    out[name] = q
             return out
         for name, j in zip(layers, choice):
             if name in out:
@@ -347,15 +358,26 @@ class MixedPrecision(Recipe):
         bits = np.asarray(sens.bits, float)
         why = self._why(names, cands, choice, cost, bits)
 
+        tied = {}   # an input embedding whose table is a chosen head's weight -> that head
+        for emb_name, emb in model.named_modules():
+            if isinstance(emb, nn.Embedding):
+                tied.update({emb_name: n for n in names if layers[n].weight is emb.weight})
+
         def build(name: str, module: nn.Module) -> nn.Module:
-            q = weights.get(name)
+            owner = tied.get(name, name)
+            q = weights.get(owner)
             if isinstance(q, Skip):
                 raise q
             if q is None:
-                raise Skip(f"kept fp32 ({why[name]})")
+                raise Skip(f"kept fp32 ({why[owner]})")
+            if isinstance(module, nn.Embedding):
+                why[name] = f"tied to {owner}: {why[owner]}"
+                return QEmbedding.from_float(module, q.format, weight=q)
             return cands[choice[names.index(name)]].module(q, module)
 
-        report = swap_modules(model, build, types=self.layer_types, include=tuple(names), recipe=self.describe())
+        types = self.layer_types + ((nn.Embedding,) if tied else ())
+        report = swap_modules(model, build, types=types, include=tuple(names) + tuple(tied),
+                              recipe=self.describe())
         report.layers = [LayerReport(r.name, r.module_type, r.status, r.format, r.kernel, r.bits_per_weight,
                                      why.get(r.name, r.reason) if r.status == "quantized" else
                                      ("not a mixed-precision layer" if r.reason == "excluded by pattern"

@@ -244,3 +244,28 @@ def test_a_mixed_model_saves_and_loads_bit_exact(tmp_path, monkeypatch):
         assert torch.equal(a.dequantize(), b.dequantize())
     with torch.no_grad():
         assert torch.equal(q(data[:2]).logits, back(data[:2]).logits)
+
+
+def test_the_tied_head_and_embedding_are_one_candidate():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=96,
+                                         tie_word_embeddings=True)).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    data = tokens(10)
+    q = lowbit.quantize(model, MixedPrecision(candidates=("w2g32", "w4g32", "w8"), budget=Budget(bpw=5.0),
+                                              embeddings=True, proxy_samples=4, hessian_samples=4,
+                                              calib_batch_size=4), data=data)
+    details = q.lowbit_report.details
+    assert "lm_head" in details["choice"] and "model.embed_tokens" not in details["choice"]
+    assert q.lm_head.weight is q.model.embed_tokens.weight          # one packed table
+    assert q.lm_head.weight.format == parse_candidate(details["choice"]["lm_head"]).format
+    emb = next(r for r in q.lowbit_report.layers if r.name == "model.embed_tokens")
+    assert emb.status == "quantized" and emb.reason.startswith("tied to lm_head: chosen by mixed precision")
+    numel = {n: model.get_submodule(n).weight.numel() for n in details["choice"]}
+    assert sum(numel.values()) == sum(m.weight.numel() for n, m in model.named_modules()
+                                               if n.endswith("_proj")) + 96 * 64
+    with torch.no_grad():
+        assert torch.isfinite(q(data[:2]).logits).all()
