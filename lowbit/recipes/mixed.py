@@ -141,8 +141,16 @@ class MixedPrecision(Recipe):
         for name, module in model.named_modules():
             if not isinstance(module, LINEAR_TYPES + (nn.Embedding, nn.Conv2d)):
                 continue
+            head = next((n for n, m in chosen.items() if isinstance(module, nn.Embedding)
+                         and m.weight is module.weight), None)
             if name in chosen:
                 plan.layers.append(self.layer_plan(name, module))
+            elif head is not None:     # a tied input embedding takes its head's format
+                cands = [c for c in parse_candidates(self.candidates, self.method) if c.format is not None]
+                plan.layers.append(LayerPlan(
+                    name, "Embedding", tuple(module.weight.shape), "quantize", f"as {head}",
+                    "; ".join(f"{QEmbedding.planned_kernel(c.format)} ({c.spec})" for c in cands),
+                    0, 0, reason=f"weight tied to {head}"))
             else:
                 shape = tuple(module.weight.shape)
                 plan.layers.append(LayerPlan(name, type(module).__name__, shape, "float",
