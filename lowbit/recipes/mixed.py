@@ -204,10 +204,12 @@ class MixedPrecision(Recipe):
         kl_units = self.sensitivity in ("measured", "kl_estimate")
 
         rounds: list[dict] = []
+        stop = "round limit"
         for r in range(self.refine + 1):
             a = solve(cost, bits, numel, self.budget, sens.layers, sens.candidates)
             if rounds and a.choice == rounds[-1]["choice"]:
                 log.info("lowbit: mixed precision: refinement chose the same formats; done")
+                stop = "the corrected costs chose the same formats"
                 break
             if rounds:
                 self._restore(layers, originals)
@@ -217,12 +219,17 @@ class MixedPrecision(Recipe):
                            "measured_kl": measured, "weights": weights, "cost": cost.copy()})
             log.info("lowbit: mixed precision round %d: %.3f bpw, estimated KL %.4g, measured %.4g",
                      r, a.bpw, a.estimate, measured)
-            if self._kept(a, measured, kl_units) or r == self.refine:
+            if self._kept(a, measured, kl_units):
+                stop = "promise kept" if kl_units else "no promise in KL units (a non-KL proxy)"
+                break
+            if r == self.refine:
                 break
             cost = self._interactions(cost, a, layers, weights, held, originals, measured)
         best = self._best(rounds)
         self._restore(layers, originals)     # fp32-chosen layers keep their float weights
-        return self._swap(model, layers, cands, best, rounds, sens, held_rows)
+        report = self._swap(model, layers, cands, best, rounds, sens, held_rows)
+        report.details["refinement"] = stop
+        return report
 
     def _apply_static(self, model: nn.Module, data: torch.Tensor, lm: bool) -> QuantReport:
         """Choose the weight bits per layer, then StaticPTQ with them; measure once."""

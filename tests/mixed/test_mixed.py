@@ -269,3 +269,19 @@ def test_the_tied_head_and_embedding_are_one_candidate():
                                                if n.endswith("_proj")) + 96 * 64
     with torch.no_grad():
         assert torch.isfinite(q(data[:2]).logits).all()
+
+
+def test_refinement_is_bounded_and_keeps_the_best_measured_round():
+    model, data = tiny_llama(), tokens(10)
+    recipe = MixedPrecision(candidates=("w2g32", "w4g32", "w8"), budget=Budget(bpw=3.5), method="rtn",
+                            tolerance=0.0, refine=2, proxy_samples=4)
+    details = lowbit.quantize(model, recipe, data=data).lowbit_report.details
+    rounds = details["rounds"]
+    assert 1 <= len(rounds) <= 3
+    kept = rounds[-1]["measured_kl"] <= rounds[-1]["estimate"]      # tolerance 0: the promise is the estimate
+    assert all(r["measured_kl"] > r["estimate"] for r in rounds[:-1])  # it refined only on a miss
+    assert details["refinement"] == ("promise kept" if kept else "round limit" if len(rounds) == 3 else
+                                     "the corrected costs chose the same formats")
+    best = min(rounds, key=lambda r: r["measured_kl"])
+    assert details["chosen_round"] == best["round"] and details["measured_kl"] == best["measured_kl"]
+    assert all(r["bpw"] <= 3.5 + 1e-9 for r in rounds)
