@@ -183,6 +183,7 @@ def stage_sequential(args) -> None:
                      "top1_agreement": res.top1_agreement, "bpw_linears": linear_bpw(models[spec]),
                      "quant_s": seconds, "counts": details["counts"], "estimate": details["estimate"],
                      "held_out_kl": details["measured_kl"], "rounds": details["rounds"],
+                     "refinement": details.get("refinement"), "choice": details["choice"],
                      "eval_tokens": n_tokens, "sensitivity": args.source})
         log.info("%s: bpw %.3f ppl %.3f kl %.4f quant %.0f s", spec, rows[-1]["bpw_linears"], res.ppl,
                  res.kl, seconds)
