@@ -160,34 +160,32 @@ def stage_frontier(args) -> None:
 
 
 def stage_sequential(args) -> None:
-    """The MixedPrecision recipe as a user runs it (sequential GPTQ, refine), at each budget."""
+    """The MixedPrecision recipe as a user runs it (sequential GPTQ, refine), at each budget;
+    each budget is evaluated (beside the fp32 reference) and written as soon as it is done."""
     import lowbit
     from lowbit.mixed import Budget
     from lowbit.recipes import MixedPrecision
 
     model, tokenizer, calib, common = setup()
-    models, info = {"fp32": model}, {}
     for b in args.budgets:
         recipe = MixedPrecision(candidates=CANDIDATES, budget=Budget(bpw=b), sensitivity=args.source,
                                 **SETTINGS)
+        spec = recipe.to_spec()
         t = time.perf_counter()
         q = lowbit.quantize(model, recipe, data=calib)
-        info[recipe.to_spec()] = (b, time.perf_counter() - t, q.lowbit_report.details)
-        models[recipe.to_spec()] = q
-    results, n_tokens = evaluate(models, tokenizer, args.tokens)
-    rows = []
-    for spec, (b, seconds, details) in info.items():
+        seconds, details = time.perf_counter() - t, q.lowbit_report.details
+        results, n_tokens = evaluate({"fp32": model, spec: q}, tokenizer, args.tokens)
         res = results[spec]
-        rows.append({**common, "mode": "sequential (the MixedPrecision recipe)", "method": "mixed",
-                     "setting": spec, "budget_bpw": b, "ppl": res.ppl, "kl": res.kl,
-                     "top1_agreement": res.top1_agreement, "bpw_linears": linear_bpw(models[spec]),
-                     "quant_s": seconds, "counts": details["counts"], "estimate": details["estimate"],
-                     "held_out_kl": details["measured_kl"], "rounds": details["rounds"],
-                     "refinement": details.get("refinement"), "choice": details["choice"],
-                     "eval_tokens": n_tokens, "sensitivity": args.source})
-        log.info("%s: bpw %.3f ppl %.3f kl %.4f quant %.0f s", spec, rows[-1]["bpw_linears"], res.ppl,
-                 res.kl, seconds)
-    merge(OUT, rows, KEY)
+        row = {**common, "mode": "sequential (the MixedPrecision recipe)", "method": "mixed",
+               "setting": spec, "budget_bpw": b, "ppl": res.ppl, "kl": res.kl,
+               "top1_agreement": res.top1_agreement, "bpw_linears": linear_bpw(q),
+               "quant_s": seconds, "counts": details["counts"], "estimate": details["estimate"],
+               "held_out_kl": details["measured_kl"], "rounds": details["rounds"],
+               "refinement": details.get("refinement"), "choice": details["choice"],
+               "eval_tokens": n_tokens, "sensitivity": args.source, "fp32_ppl": results["fp32"].ppl}
+        log.info("%s: bpw %.3f ppl %.3f kl %.4f quant %.0f s", spec, row["bpw_linears"], res.ppl, res.kl, seconds)
+        merge(OUT, [row], KEY)
+        del q
 
 
 def stage_cnn(args) -> None:
