@@ -244,6 +244,28 @@ def stage_cnn(args) -> None:
     merge(OUT, rows, KEY)
 
 
+def stage_table(args) -> None:
+    """The README's tables, printed from results/mixed.json."""
+    rows = json.loads(OUT.read_text())
+    sens = next((r for r in rows if r["mode"] == "sensitivity"), None)
+    if sens:
+        print("| proxy | " + " | ".join(sens["candidates"]) + " | mean | pooled |")
+        print("|---|" + "---|" * (len(sens["candidates"]) + 2))
+        for p, rho in sens["spearman"].items():
+            print(f"| {p} | " + " | ".join(f"{rho.get(c, float('nan')):.3f}" for c in
+                                           (*sens["candidates"], "mean", "pooled")) + " |")
+        print(f"\nseconds: {sens['seconds']}\n")
+    for mode in sorted({r["mode"] for r in rows} - {"sensitivity"}):
+        print(f"\n{mode}\n\n| setting | bpw linears | ppl | KL | top-1 agr. | formats |\n|---|---|---|---|---|---|")
+        for r in sorted((r for r in rows if r["mode"] == mode), key=lambda r: (r["method"], r.get("bpw_linears") or 0)):
+            if r["mode"] == "cnn":
+                print(f"| {r['setting']} | {r['bytes_vs_w8']:.3f}x W8 bytes | - | {r['kl']:.4f} | "
+                      f"{r['top1_agreement']:.4f} | {r.get('counts') or ''} |")
+                continue
+            print(f"| {r['setting']} | {r['bpw_linears']:.3f} | {r['ppl']:.2f} | {r['kl']:.4f} | "
+                  f"{r.get('top1_agreement') or 1:.4f} | {r.get('counts') or ''} |")
+
+
 def stage_plot(args) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -277,7 +299,7 @@ def stage_plot(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=("sensitivity", "frontier", "sequential", "cnn", "plot"))
+    ap.add_argument("stage", choices=("sensitivity", "frontier", "sequential", "cnn", "plot", "table"))
     ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=list(BUDGETS))
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--images", type=int, default=512, help="cnn: evaluation crops")
@@ -285,7 +307,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     {"sensitivity": stage_sensitivity, "frontier": stage_frontier, "sequential": stage_sequential,
-     "cnn": stage_cnn, "plot": stage_plot}[args.stage](args)
+     "cnn": stage_cnn, "plot": stage_plot, "table": stage_table}[args.stage](args)
 
 
 if __name__ == "__main__":
