@@ -218,7 +218,7 @@ def stage_cnn(args) -> None:
                f"mixed W4/W8 size={budget.size_mb:g} MB (0.75x W8)": (
                    MixedPrecision(candidates=("w4pcsym", "w8"), budget=budget, method="rtn",
                                   activations="static", holdout=holdout, proxy_samples=32,
-                                  calib_batch_size=16), calib)}
+                                  calib_batch_size=16, sensitivity=args.cnn_sensitivity), calib)}
     common = {"model": "EfficientNet-Lite0", "tool": "lowbit", "lowbit_version": lowbit.__version__,
               "machine": machine(), "calibration": f"{96 - holdout} photo crops seed 0",
               "eval": f"{args.images} photo crops seed 1 (top-1 agreement and KL vs fp32)"}
@@ -234,6 +234,7 @@ def stage_cnn(args) -> None:
         weight_mb = sum(m.weight.nbytes for m in chosen.values()) / 2**20
         details = q.lowbit_report.details
         rows.append({**common, "mode": "cnn", "method": "mixed" if details else "uniform", "setting": label,
+                     "sensitivity": details.get("sensitivity"),
                      "top1_agreement": float((logp.argmax(-1) == ref.argmax(-1)).float().mean()),
                      "kl": float(token_kl(ref, logp).mean()), "size_mb": fp.size_mb,
                      "layers_weight_mb": weight_mb, "w8_layers_weight_mb": w8_mb,
@@ -303,6 +304,7 @@ def main() -> None:
     ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=list(BUDGETS))
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--images", type=int, default=512, help="cnn: evaluation crops")
+    ap.add_argument("--cnn-sensitivity", default="measured", help="cnn: the sensitivity the solver uses")
     ap.add_argument("--source", default="kl_estimate", help="sequential: the sensitivity the solver uses")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
