@@ -272,7 +272,8 @@ def stage_plot(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in json.loads(OUT.read_text()) if r.get("kl") is not None and r.get("method") != "fp32"]
+    rows = [r for r in json.loads(OUT.read_text()) if r.get("kl") is not None and r.get("method") != "fp32"
+            and r["mode"] != "cnn"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = {"uniform": ("o-", "uniform GPTQ"), "rule": ("s", "llama.cpp-style rule mix"),
               "mixed": ("^-", "MixedPrecision")}
