@@ -44,7 +44,7 @@ KEY = ("mode", "method", "setting")
 
 def setup():
     import lowbit
-    from lowbit.data import calibration_batches, eval_tokens
+    from lowbit.data import calibration_batches
     from lowbit.doctor import machine
     from lowbit.models import load_model
 
