@@ -213,7 +213,6 @@ def compare(model: nn.Module | str, data: Any = None, strategies=None, budget=No
 def _sensitivity(model: nn.Module, task, specs: list[str]) -> list[dict]:
     """Per-layer sensitivity rows of the first mixed-precision strategy that ran: its trial
     computed them with ``lowbit.sensitivity``, so they come from that function's cache."""
-    from ..mixed import sensitivity
     from ..recipes.mixed import MixedPrecision
 
     for spec in specs:
@@ -221,10 +220,7 @@ def _sensitivity(model: nn.Module, task, specs: list[str]) -> list[dict]:
         if not isinstance(recipe, MixedPrecision):
             continue
         try:
-            sens = sensitivity(model, task.calibration(recipe), recipe.candidates, method=recipe.method,
-                               measure=recipe.sensitivity == "measured", include=recipe.include,
-                               exclude=recipe.exclude, head=recipe.embeddings, holdout=recipe.holdout,
-                               proxy_samples=recipe.proxy_samples, hessian_samples=recipe.hessian_samples)
+            sens = recipe.layer_sensitivity(model, task.calibration(recipe))
         except (ValueError, TypeError) as err:
             log.warning("lowbit compare: no sensitivity plot: %s", err)
             return []

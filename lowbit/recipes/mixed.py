@@ -177,6 +177,14 @@ class MixedPrecision(Recipe):
                          "; ".join(f"{k} ({s})" for s, k in kernels), round(module.weight.numel() * bits / 8), fp,
                          reason="format chosen on data; bytes at the budget's average")
 
+    def layer_sensitivity(self, model: nn.Module, data):
+        """:func:`lowbit.sensitivity` with this recipe's settings (cached: a second call, e.g.
+        by ``lowbit compare`` for its plot, reads the first one's result)."""
+        return sensitivity(model, data, self.candidates, method=self.method,
+                           measure=self.sensitivity == "measured", include=self.include,
+                           exclude=self.exclude, head=self.embeddings, holdout=self.holdout,
+                           proxy_samples=self.proxy_samples, hessian_samples=self.hessian_samples)
+
     # --- apply ----------------------------------------------------------------------------------
     def apply(self, model: nn.Module, data) -> QuantReport:
         if data is None:
@@ -188,10 +196,7 @@ class MixedPrecision(Recipe):
         self._check_feasible(model, lm)
         if self.activations == "static":
             return self._apply_static(model, data, lm)
-        sens = sensitivity(model, data, self.candidates, method=self.method,
-                           measure=self.sensitivity == "measured", include=self.include,
-                           exclude=self.exclude, head=self.embeddings, holdout=self.holdout,
-                           proxy_samples=self.proxy_samples, hessian_samples=self.hessian_samples)
+        sens = self.layer_sensitivity(model, data)
         layers = select_layers(model, self.include, self.exclude, lm=lm, head=self.embeddings)
         if list(layers) != sens.layers:
             raise RuntimeError("sensitivity and recipe disagree on the layers; clear the sensitivity cache")
@@ -235,10 +240,7 @@ class MixedPrecision(Recipe):
         """Choose the weight bits per layer, then StaticPTQ with them; measure once."""
         from .static import StaticPTQ
 
-        sens = sensitivity(model, data, self.candidates, method=self.method,
-                           measure=self.sensitivity == "measured", include=self.include,
-                           exclude=self.exclude, holdout=self.holdout, proxy_samples=self.proxy_samples,
-                           hessian_samples=self.hessian_samples)
+        sens = self.layer_sensitivity(model, data)
         cands = parse_candidates(self.candidates, self.method)
         calib, held_rows = split(data, sens.samples["held_out"])
         cost, bits = sens.table(self.sensitivity), np.asarray(sens.bits, float)
