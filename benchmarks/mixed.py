@@ -112,14 +112,13 @@ def stage_frontier(args) -> None:
 
     from lowbit.mixed import Budget, parse_candidate, solve
     from lowbit.mixed.rules import rule_choice
-    from lowbit.mixed.sensitivity import quantize_all
+    from lowbit.mixed.sensitivity import held_block, quantize_all
 
     model, tokenizer, calib, common = setup()
     t = time.perf_counter()
     sens = get_sensitivity(model, calib, measure=True, keep=True)
     names = sens.layers
-    block_of = lambda n: int(n.split(".")[2])  # noqa: E731  model.layers.<i>.
-    rules = {r: rule_choice(r, names, block_of) for r in ("q3_k_m", "q4_k_m")}
+    rules = {r: rule_choice(r, names, lambda n: held_block(model, n)) for r in ("q3_k_m", "q4_k_m")}
     need = {(n, s) for choice in rules.values() for n, s in choice.items() if (n, s) not in sens.quantized}
     layers = {n: model.get_submodule(n) for n in names}
     extra = {}

@@ -133,4 +133,5 @@ def parse_candidates(specs, method: str = "gptq") -> tuple[Candidate, ...]:
 
 
 def layer_bits(cands, module: nn.Module) -> list[float]:
+    """Storage bits per weight of ``module`` in each candidate; inf where it does not fit."""
     return [c.bits(module) if not c.fits(module) else math.inf for c in cands]

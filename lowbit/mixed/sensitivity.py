@@ -53,7 +53,7 @@ from ..eval._util import output_logits
 from ..eval.metrics import token_kl
 from ..nn.swap import matches
 from ..qtensor import QTensor
-from .candidates import DEFAULT_CANDIDATES, Candidate, parse_candidates
+from .candidates import DEFAULT_CANDIDATES, Candidate, layer_bits, parse_candidates
 
 log = logging.getLogger("lowbit")
 
@@ -333,9 +333,8 @@ class HeldOut:
                 h.remove()
 
     def block_of(self, name: str) -> int:
-        if not self.lm or not name.startswith(self.prefix + "."):
-            return 0
-        return int(name[len(self.prefix) + 1:].split(".")[0])
+        """The block to start from for layer ``name`` (0 = a full forward, outside the blocks)."""
+        return (held_block(self.model, name) or 0) if self.lm else 0
 
     @torch.no_grad()
     def kl(self, start_block: int = 0) -> float:
@@ -520,7 +519,7 @@ def sensitivity(model: nn.Module, data: torch.Tensor, candidates=DEFAULT_CANDIDA
         model.train(was_training)
 
     spearman = rank_agreement(proxies, measured, [c.spec for c in cands]) if measured is not None else {}
-    bits = [[c.bits(m) if (n, c.spec) in quantized else math.inf for c in cands] for n, m in layers.items()]
+    bits = [layer_bits(cands, m) for m in layers.values()]
     kernels = [[c.kernel(n, m) if (n, c.spec) in quantized else "" for c in cands] for n, m in layers.items()]
     per_token = held_rows.shape[1] - 1 if lm else 1
     sens = Sensitivity(

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from ..blocks import LINEAR_TYPES, find_blocks
-from ..mixed.candidates import DEFAULT_CANDIDATES, METHODS, parse_candidates
+from ..mixed.candidates import DEFAULT_CANDIDATES, METHODS, layer_bits, parse_candidates
 from ..mixed.sensitivity import (PROXIES, HeldOut, held_block, is_lm, select_layers, sensitivity, split,
                                  weight_matrix)
 from ..mixed.solve import Assignment, Budget, solve
@@ -293,7 +292,7 @@ class MixedPrecision(Recipe):
         """Before any work: every layer has a format that fits, and a bits budget is reachable."""
         layers = select_layers(model, self.include, self.exclude, lm=lm, head=self.embeddings)
         cands = parse_candidates(self.candidates, self.method)
-        bits = np.array([[c.bits(m) if not c.fits(m) else math.inf for c in cands] for m in layers.values()])
+        bits = np.array([layer_bits(cands, m) for m in layers.values()])
         numel = [m.weight.numel() for m in layers.values()]
         budget = self.budget if self.budget.kind != "max_kl" else Budget(bpw=1e9)
         solve(np.zeros_like(bits), bits, numel, budget, list(layers), [c.spec for c in cands])
