@@ -274,3 +274,9 @@ def bits_per_weight(fmt: QFormat, numel: int, rows: int) -> float:
     if fmt.double_quant:
         scale_bits = groups * 8 + math.ceil(groups / 256) * 32 + 32
     return (qbits + scale_bits) / numel
+
+
+def sparse_bits_per_weight(fmt: QFormat, numel: int, rows: int, kept: float) -> float:
+    """Bits per weight of a pruned weight stored as :class:`~lowbit.qtensor.SparseQTensor`: the
+    ``kept`` fraction of values at ``fmt.num_bits``, a 1-bit mask, and the dense format's scales."""
+    return bits_per_weight(fmt, numel, rows) - fmt.num_bits + kept * fmt.num_bits + 1

@@ -56,21 +56,30 @@ def group_error(D: torch.Tensor, fmt: QFormat, H: torch.Tensor | None = None) ->
 
 
 def clip_search(W: torch.Tensor, fmt: QFormat, *, H: torch.Tensor | None = None, grid: int = 20,
-                max_shrink: float = 0.5) -> tuple[torch.Tensor, torch.Tensor | None]:
+                max_shrink: float = 0.5, keep: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scale and zero_point per group, each group's range shrunk by the best factor.
 
     Factors ``p = 1, 1 - 1/grid, ...`` down to ``1 - max_shrink``; the range ``[p min, p max]``
     with the smallest :func:`group_error` wins (p = 1 is plain RTN, so the error never grows).
+    With ``keep`` (bool, W's shape) only the kept entries of a pruned weight count, for the
+    range and for the error (the others are stored as zeros whatever the grid).
     """
     W = W.float()
     Wg = P.as_groups(W, fmt)                                       # (N, G, g)
-    lo, hi = Wg.amin(-1), Wg.amax(-1)                              # (N, G)
+    if keep is None:
+        lo, hi = Wg.amin(-1), Wg.amax(-1)                          # (N, G)
+    else:
+        kg = P.as_groups(keep, fmt)
+        lo = torch.where(kg, Wg, torch.inf).amin(-1).nan_to_num(0.0, posinf=0.0)
+        hi = torch.where(kg, Wg, -torch.inf).amax(-1).nan_to_num(0.0, neginf=0.0)
     best_err = torch.full_like(lo, float("inf"))
     best_scale = best_zero = None
     for i in range(int(grid * max_shrink) + 1):
         p = 1 - i / grid
         scale, zero_point = P.choose_qparams(W, fmt, min_val=lo * p, max_val=hi * p)
-        err = group_error(W - _fake_quant_int(Wg, scale, zero_point, fmt).reshape(W.shape), fmt, H)
+        D = W - _fake_quant_int(Wg, scale, zero_point, fmt).reshape(W.shape)
+        err = group_error(D if keep is None else D * keep, fmt, H)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = scale if best_scale is None else torch.where(better, scale, best_scale)

@@ -32,7 +32,7 @@ from .. import __version__
 from ..nn import LAYER_TYPES, QModule
 from ..nn.qactivation import dequantize_outputs
 from ..nn.swap import set_submodule
-from ..qtensor import QTensor
+from ..qtensor import QTensor, SparseQTensor
 
 FORMAT_VERSION = 2
 META = "lowbit.json"
@@ -222,7 +222,9 @@ def _weight(name: str, entry: dict, state: dict, built: dict, path: Path) -> QTe
         built[name] = built[entry["weight_tied_to"]]
         return built[name]
     try:
-        weight = QTensor.from_tensors(state, entry["weight"], f"{name}.weight.")
+        layout = entry["weight"]
+        cls = SparseQTensor if isinstance(layout, dict) and layout.get("sparse") == "bitmask" else QTensor
+        weight = cls.from_tensors(state, layout, f"{name}.weight.")
         weight.validate(f"{name}.weight")
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: {name}.weight: {err}") from None

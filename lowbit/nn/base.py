@@ -91,5 +91,7 @@ def apply_to_qtensor(q: QTensor, fn) -> QTensor:
             return None
         moved = fn(t)
         return moved if moved.dtype == t.dtype else t.to(moved.device)  # never cast storage
+    if hasattr(q, "map"):                                 # a SparseQTensor
+        return q.map(move)
     scale = apply_to_qtensor(q.scale, fn) if isinstance(q.scale, QTensor) else move(q.scale)
     return QTensor(move(q.data), scale, move(q.zero_point), q.format, q.shape, move(q.offset))

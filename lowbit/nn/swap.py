@@ -21,7 +21,7 @@ class Skip(Exception):
 class LayerReport:
     name: str
     module_type: str
-    status: str            # "quantized" | "skipped" | "excluded" | "not-handled" | "removed"
+    status: str            # "quantized" | "pruned" | "skipped" | "excluded" | "not-handled" | "removed"
     format: str = ""
     kernel: str = ""
     bits_per_weight: float | None = None
@@ -41,15 +41,21 @@ class QuantReport:
         return [r for r in self.layers if r.status == "quantized"]
 
     @property
+    def pruned(self) -> list[LayerReport]:
+        """Layers pruned and left float (pruned AND quantized layers count as quantized)."""
+        return [r for r in self.layers if r.status == "pruned"]
+
+    @property
     def skipped(self) -> list[LayerReport]:
-        return [r for r in self.layers if r.status != "quantized"]
+        return [r for r in self.layers if r.status not in ("quantized", "pruned")]
 
     def as_dicts(self) -> list[dict]:
         return [asdict(r) for r in self.layers]
 
     def table(self) -> str:
         """A Markdown table, one row per layer."""
-        lines = [f"lowbit: {self.recipe} — {len(self.quantized)} quantized, "
+        pruned = f"{len(self.pruned)} pruned (float), " if self.pruned else ""
+        lines = [f"lowbit: {self.recipe} — {len(self.quantized)} quantized, {pruned}"
                  f"{len(self.skipped)} left float", "",
                  "| layer | type | status | format | bits/weight | kernel | reason |",
                  "|---|---|---|---|---|---|---|"]

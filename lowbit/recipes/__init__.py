@@ -15,7 +15,8 @@ from .registry import REGISTRY, from_spec, register, to_spec
 from .static import StaticPTQ
 from .weight_only import DynamicPTQ, WeightOnly
 from .mixed import MixedPrecision  # noqa: E402  (after WeightOnly and NF4, which it uses)
+from .prune import Prune  # noqa: E402
 
 __all__ = ["ActivationQuant", "LayerPlan", "Plan", "Recipe", "quantize", "from_spec", "to_spec",
            "register", "REGISTRY", "WeightOnly", "DynamicPTQ", "NF4", "LLMInt8", "SmoothQuant",
-           "StaticW8A8", "StaticPTQ", "QAT", "QLoRA", "Distill", "Sequence", "Autocast", "MixedPrecision"]
+           "StaticW8A8", "StaticPTQ", "QAT", "QLoRA", "Distill", "Sequence", "Autocast", "MixedPrecision", "Prune"]

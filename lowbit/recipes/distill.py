@@ -160,33 +160,49 @@ class Distill(Recipe):
         return report
 
     def _train(self, student, teacher, ids, keep, hidden) -> list[float]:
-        params = list(student.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        batches = list(ids.split(self.batch_size))
-        if self.max_steps:  # the windows in order, cycled to exactly max_steps
-            batches = [batches[i % len(batches)] for i in range(self.max_steps)]
-            epochs = 1
-        else:  # the time budget ends it
-            epochs = math.ceil(1e6 / len(batches))
+        return train_on_teacher(student, teacher, ids, minutes=self.minutes, max_steps=self.max_steps,
+                                batch_size=self.batch_size, lr=self.lr, temperature=self.temperature,
+                                hidden_weight=self.hidden_weight, keep=keep if hidden else None,
+                                desc="Distill")
 
-        def loss_fn(model, batch):
-            with torch.no_grad():
-                t_logits, t_hidden = _logits_and_hidden(teacher, batch, hidden)
-            s_logits, s_hidden = _logits_and_hidden(model, batch, hidden)
-            pairs = {}
-            if hidden:  # hidden_states[0] is the embedding; block j's output is [j + 1]
-                pairs = dict(student_hidden=[s_hidden[j + 1] for j in range(len(keep))],
-                             teacher_hidden=[t_hidden[k + 1] for k in keep])
-            return distillation_loss(s_logits, t_logits, temperature=self.temperature,
-                                     hidden_weight=self.hidden_weight, **pairs)
 
-        losses = fit(student, loss_fn, batches, optimizer=torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0),
-                     epochs=epochs, desc="Distill", freeze_observers_at=None, freeze_bn_at=None,
-                     max_seconds=self.minutes * 60 if self.minutes else None)
-        log.info("lowbit: Distill trained %d steps, KL %.4f -> %.4f", len(losses),
-                 losses[0] if losses else math.nan, losses[-1] if losses else math.nan)
-        return losses
+def train_on_teacher(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, *,
+                     minutes: float | None, max_steps: int | None, batch_size: int, lr: float,
+                     temperature: float = 1.0, hidden_weight: float = 0.0,
+                     keep: tuple[int, ...] | None = None, desc: str = "Distill") -> list[float]:
+    """Train every parameter of ``student`` on the KL to ``teacher``'s next-token distributions
+    over the windows ``ids`` [n, seq_len] (in order, ``batch_size`` per step) with AdamW, for
+    ``minutes`` or ``max_steps`` (whichever ends first). With ``keep`` (the teacher block each
+    student block came from) and ``hidden_weight`` > 0, plus the hidden-state MSE. Returns the
+    per-step losses."""
+    hidden = keep is not None and hidden_weight > 0
+    params = list(student.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    batches = list(ids.split(batch_size))
+    if max_steps:  # the windows in order, cycled to exactly max_steps
+        batches = [batches[i % len(batches)] for i in range(max_steps)]
+        epochs = 1
+    else:  # the time budget ends it
+        epochs = math.ceil(1e6 / len(batches))
+
+    def loss_fn(model, batch):
+        with torch.no_grad():
+            t_logits, t_hidden = _logits_and_hidden(teacher, batch, hidden)
+        s_logits, s_hidden = _logits_and_hidden(model, batch, hidden)
+        pairs = {}
+        if hidden:  # hidden_states[0] is the embedding; block j's output is [j + 1]
+            pairs = dict(student_hidden=[s_hidden[j + 1] for j in range(len(keep))],
+                         teacher_hidden=[t_hidden[k + 1] for k in keep])
+        return distillation_loss(s_logits, t_logits, temperature=temperature,
+                                 hidden_weight=hidden_weight if hidden else 0.0, **pairs)
+
+    losses = fit(student, loss_fn, batches, optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
+                 epochs=epochs, desc=desc, freeze_observers_at=None, freeze_bn_at=None,
+                 max_seconds=minutes * 60 if minutes else None)
+    log.info("lowbit: %s trained %d steps, KL %.4f -> %.4f", desc, len(losses),
+             losses[0] if losses else math.nan, losses[-1] if losses else math.nan)
+    return losses
 
 
 def _token_windows(data) -> torch.Tensor:

@@ -13,11 +13,12 @@ from ..algorithms.hqq import hqq
 from ..algorithms.rtn import rtn
 from ..blocks import LINEAR_TYPES, find_blocks, linear_weight
 from ..calibration import BlockRunner
-from ..formats import QFormat, bits_per_weight, int_format
-from ..nn import QEmbedding, QLinear, QuantReport, Skip, swap_modules
+from ..formats import QFormat, bits_per_weight, int_format, sparse_bits_per_weight
+from ..nn import QEmbedding, QLinear, QuantReport, Skip, SparseQLinear, swap_modules
+from ..nn.sparse import KERNEL as SPARSE_KERNEL
 from ..nn.qrnn import ACTIVATION as LSTM_ACTIVATION, QLSTM, check_lstm, planned_bytes
 from ..nn.swap import matches
-from ..qtensor import QTensor
+from ..qtensor import QTensor, SparseQTensor
 from .base import ActivationQuant, LayerPlan, Plan, Recipe, float_bytes, patterns
 from .registry import prefixed_int, register
 
@@ -60,6 +61,11 @@ class WeightOnly(Recipe):
             output head and input embedding then share one packed table.
         skip_ragged: leave float (reported) the layers whose input size ``group_size`` does
             not divide, instead of raising.
+        sparse: keep a pruned linear's exact zeros and store it as kept values + bitmask
+            (:class:`~lowbit.qtensor.SparseQTensor`; GPTQ compensates the pruned entries instead
+            of filling them in). None (default) does so where it is smaller than dense storage
+            (more than 1/num_bits of the weights are exactly zero, e.g. after ``Prune``); True
+            always for pruned weights; False never.
     """
 
     num_bits: int = 4
@@ -79,6 +85,7 @@ class WeightOnly(Recipe):
     exclude: tuple[str, ...] = ()
     embeddings: bool = False
     skip_ragged: bool = False
+    sparse: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_bits, int) or not 2 <= self.num_bits <= 8:
@@ -179,21 +186,41 @@ class WeightOnly(Recipe):
         kernel = (QEmbedding.planned_kernel(fmt) if isinstance(module, nn.Embedding)
                   else QLinear.planned_kernel(fmt, None, in_features))
         bpw = bits_per_weight(fmt, W.numel(), shape[0])
+        keep = None if isinstance(module, nn.Embedding) else self._sparse_keep(W)
+        if keep is not None:
+            kept = float(keep.float().mean())
+            kernel, bpw = SPARSE_KERNEL, sparse_bits_per_weight(fmt, W.numel(), shape[0], kept)
+            fmt_label = f"{fmt.label()}, {1 - kept:.0%} pruned (bitmask)"
+            bias = getattr(module, "bias", None)
+            nbytes = round(W.numel() * bpw / 8) + (0 if bias is None else bias.numel() * bias.element_size())
+            return LayerPlan(name, kind, shape, "quantize", fmt_label, kernel, nbytes, fp)
         bias = getattr(module, "bias", None)
         nbytes = round(W.numel() * bpw / 8) + (0 if bias is None else bias.numel() * bias.element_size())
         return LayerPlan(name, kind, shape, "quantize", fmt.label(), kernel, nbytes, fp)
 
     # --- one weight, no data ---------------------------------------------------------------
-    def quantize_weight(self, name: str, W: torch.Tensor) -> QTensor:
-        """RTN / RTN-MSE / HQQ of one float weight [out, in] (rows are output channels)."""
+    def _sparse_keep(self, W: torch.Tensor) -> torch.Tensor | None:
+        """The kept entries of a pruned weight when it is to be stored sparse (see ``sparse``)."""
+        if self.sparse is False:
+            return None
+        keep = W.detach() != 0
+        zeros = 1 - float(keep.float().mean())
+        if zeros == 0 or (self.sparse is None and zeros <= 1 / self.num_bits):
+            return None
+        return keep
+
+    def quantize_weight(self, name: str, W: torch.Tensor, *, sparse: bool = False) -> QTensor | SparseQTensor:
+        """RTN / RTN-MSE / HQQ of one float weight [out, in] (rows are output channels); with
+        ``sparse``, a pruned weight is stored as kept values + bitmask (see the field)."""
         fmt = self.weight_format
+        keep = self._sparse_keep(W) if sparse else None
         if self.method == "hqq":
             qw = hqq(W, fmt, iters=self.hqq_iters)
-        elif self.mse_clip:
-            qw = rtn(W, fmt, mse_clip=True)
+        elif self.mse_clip or keep is not None:
+            qw = rtn(W, fmt, mse_clip=self.mse_clip)
         else:
             return QTensor.from_float(W, fmt, name=name)
-        return QTensor.from_int(qw.q, qw.scale, qw.zero_point, fmt)
+        return _stored(qw, fmt, keep)
 
     def apply(self, model: nn.Module, data) -> QuantReport:
         fmt = self.weight_format
@@ -204,9 +231,10 @@ class WeightOnly(Recipe):
         def quantized(name: str, module: nn.Module) -> QTensor:
             weight = module.weight
             if id(weight) not in shared:
-                W = weight.detach() if isinstance(module, nn.Embedding) else linear_weight(module)
+                embedding = isinstance(module, nn.Embedding)
+                W = weight.detach() if embedding else linear_weight(module)
                 try:
-                    shared[id(weight)] = self.quantize_weight(name, W)
+                    shared[id(weight)] = self.quantize_weight(name, W, sparse=not embedding)
                 except ValueError as err:
                     if self.skip_ragged and "does not divide" in str(err):
                         raise Skip(str(err)) from None
@@ -219,11 +247,11 @@ class WeightOnly(Recipe):
             if calibrated is not None and name in calibrated:
                 if isinstance(calibrated[name], Skip):
                     raise calibrated[name]
-                return QLinear(calibrated[name], module.bias)
+                return _linear(calibrated[name], module.bias)
             if calibrated is not None:
                 log.info("lowbit: %s is %s", name, OUTSIDE_BLOCKS)
                 outside.add(name)
-            return QLinear(quantized(name, module), module.bias)
+            return _linear(quantized(name, module), module.bias)
 
         report = swap_modules(model, build, types=self.layer_types, include=self.include,
                               exclude=self.exclude, recipe=self.describe())
@@ -269,6 +297,7 @@ class WeightOnly(Recipe):
                 st = stats[j] if stats is not None else runner.input_stats([group])[0]
                 for name in (n for n in group.names if n in chosen and n not in done):
                     W = runner.weight(name)   # [out, in]
+                    keep = self._sparse_keep(W)
                     f = formats[name] if formats is not None else fmt
                     try:
                         if f.kind == "codebook":
@@ -277,11 +306,11 @@ class WeightOnly(Recipe):
                             continue
                         qw = (awq_quantize(W, st.H, f, grid=self.awq_grid) if awq else
                               gptq(W, st.H, f, damp=self.damp, lazy_batch=self.lazy_batch,
-                                   act_order=self.act_order, mse_clip=self.gptq_clip))
+                                   act_order=self.act_order, mse_clip=self.gptq_clip, keep=keep))
                     except ValueError as err:
                         done[name] = self._ragged(name, err)
                         continue
-                    done[name] = QTensor.from_int(qw.q, qw.scale, qw.zero_point, f)
+                    done[name] = _stored(qw, f, keep)
                     runner.set_weight(name, done[name].dequantize())
         done.update({n: Skip(why) for n, why in runner.unreached.items()})
         return done
@@ -292,6 +321,17 @@ class WeightOnly(Recipe):
         if self.skip_ragged and "does not divide" in str(err):
             return Skip(str(err).replace("tensor:", f"{name}:", 1))
         raise ValueError(f"{name}: {err}") from None
+
+
+def _stored(qw, fmt: QFormat, keep: torch.Tensor | None) -> QTensor | SparseQTensor:
+    """An algorithm's result packed: dense, or kept values + bitmask for a pruned weight."""
+    if keep is None:
+        return QTensor.from_int(qw.q, qw.scale, qw.zero_point, fmt)
+    return SparseQTensor.from_int(qw.q, qw.scale, qw.zero_point, fmt, keep)
+
+
+def _linear(weight: QTensor | SparseQTensor, bias) -> nn.Module:
+    return SparseQLinear(weight, bias) if isinstance(weight, SparseQTensor) else QLinear(weight, bias)
 
 
 def act_group_for(name: str, module: nn.Module, group: int | None) -> int | None:

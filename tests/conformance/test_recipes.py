@@ -34,6 +34,9 @@ EXAMPLES = {
     "qlora": ("qlora:b32,rank=4,max_steps=1,batch_size=4", ("lm",)),
     "mixed": ("mixed:bpw=4.0,candidates=w2g32|w4g32|w8,proxy_samples=2,hessian_samples=4,"
               "calib_batch_size=4,embeddings=true", ("lm",)),
+    "magnitude": ("magnitude:50%", ("lm", "cnn", "encoder")),
+    "wanda": ("wanda:50%,calib_batch_size=4", ("lm", "cnn")),
+    "sparsegpt": ("sparsegpt:50%,w4g32,calib_batch_size=4", ("lm",)),
 }
 CASES = [(name, kind) for name, (_, kinds) in EXAMPLES.items() for kind in kinds]
 
