@@ -15,6 +15,7 @@ FAMILIES = {
     "static-w8a8": "static", "rtn": "weight-only", "gptq": "weight-only", "awq": "weight-only",
     "hqq": "weight-only", "nf4": "llm", "llm-int8": "llm", "smoothquant": "llm", "qat": "qat",
     "qlora": "qat", "distill": "distill", "mixed": "mixed precision",
+    "magnitude": "pruning", "wanda": "pruning", "sparsegpt": "pruning",
 }
 NEEDS = {"distill": ["calibration data", "training"], "qat": ["calibration data", "training"],
          "qlora": ["calibration data", "training"]}
@@ -83,7 +84,8 @@ def default_strategies(kind: str, model: nn.Module, *, quick: bool = False,
             specs = ["bf16", "w8a8", "rtn:w8", f"rtn:w4g{g}", f"gptq:w4g{g}", f"awq:w4g{g}",
                      f"hqq:w4g{g}", f"rtn:w3g{g}", f"gptq:w3g{g}", f"awq:w3g{g}", f"hqq:w3g{g}",
                      "nf4", "llm-int8", "smoothquant:dynamic", "static-w8a8",
-                     f"mixed:bpw=4.0,{menu}", f"mixed:bpw=3.5,{menu}"]
+                     f"mixed:bpw=4.0,{menu}", f"mixed:bpw=3.5,{menu}",
+                     f"sparsegpt:50%,w4g{g}", f"sparsegpt:2:4,w4g{g}"]
         if train_minutes:
             blocks = getattr(getattr(model, "config", None), "num_hidden_layers", None) or 4
             specs += [f"qat:w4g{g},minutes={train_minutes},max_steps=none",
@@ -97,7 +99,8 @@ def default_strategies(kind: str, model: nn.Module, *, quick: bool = False,
             specs = specs[:7]
     elif kind == "cnn":
         specs = ["bf16", "static:minmax", "static:percentile", "static:histogram", "static:mse",
-                 "w8a8", "rtn:w8", "mixed:bpw=6.0,method=rtn,activations=static,candidates=w4pcsym|w8"]
+                 "w8a8", "rtn:w8", "mixed:bpw=6.0,method=rtn,activations=static,candidates=w4pcsym|w8",
+                 "magnitude:50%+static:histogram"]
         if quick:
             specs = ["bf16", "static:minmax", "static:histogram", "w8a8"]
         # no QAT row: the QAT recipe trains Conv2d fake-quantized but converts only Linear
