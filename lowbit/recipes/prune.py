@@ -46,6 +46,8 @@ from .registry import prefixed_int, register
 log = logging.getLogger("lowbit")
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+STRUCTURED = {"mlp": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+              "heads": ("self_attn.q_proj", "self_attn.o_proj")}
 OUTSIDE = "outside the decoder blocks: not pruned (the output head and embeddings stay dense)"
 
 
@@ -64,8 +66,10 @@ class Prune(Recipe):
         pattern: "N:M" keeps N of every M consecutive inputs per row (e.g. "2:4"); replaces
             ``sparsity``.
         structured: "mlp" removes whole MLP hidden channels (gate/up rows, down columns) by
-            importance ``||W_down[:, c]||^2 E[x_c^2]`` (magnitude: weight norms only), leaving a
-            smaller dense model.
+            importance ``||W_down[:, c]||^2 E[x_c^2]``; "heads" removes whole query heads (q_proj
+            rows, o_proj columns), the same number from every key/value group, by the same score
+            summed over the head's o_proj inputs (magnitude: weight norms only). Either leaves a
+            smaller dense model (its config updated).
         num_bits, group_size, symmetric: SparseGPT's joint mode: quantize the kept values while
             pruning (asymmetric groups with bf16 scales by default); stored sparse + packed.
         damp, lazy_batch: SparseGPT's dampening and block size (the mask is chosen per block).
@@ -99,12 +103,12 @@ class Prune(Recipe):
             raise ValueError(f"Prune.method must be one of {METHODS}, got {self.method!r}")
         check_sparsity(self.sparsity)
         parse_pattern(self.pattern)
-        if self.structured not in (None, "mlp"):
-            raise ValueError(f"Prune.structured must be None or 'mlp' (whole MLP hidden channels), "
-                             f"got {self.structured!r}")
+        if self.structured not in (None, "mlp", "heads"):
+            raise ValueError(f"Prune.structured must be None, 'mlp' (whole MLP hidden channels) or "
+                             f"'heads' (whole query heads), got {self.structured!r}")
         if self.structured and self.pattern:
-            raise ValueError("Prune: structured='mlp' removes whole channels; an N:M pattern "
-                             "applies to unstructured pruning only")
+            raise ValueError(f"Prune: structured={self.structured!r} removes whole channels or heads; "
+                             "an N:M pattern applies to unstructured pruning only")
         if self.num_bits is not None:
             if self.method != "sparsegpt" or self.structured:
                 raise ValueError(f"Prune(num_bits=...) is SparseGPT's joint prune-and-quantize sweep "
@@ -149,7 +153,7 @@ class Prune(Recipe):
 
     def amount(self) -> str:
         if self.structured:
-            return f"{self.sparsity:.0%} of MLP channels"
+            return f"{self.sparsity:.0%} of {'attention heads' if self.structured == 'heads' else 'MLP channels'}"
         return f"{self.pattern}" if self.pattern else f"{self.sparsity:.0%}"
 
     def describe(self) -> str:
@@ -165,8 +169,8 @@ class Prune(Recipe):
             return {"sparsity": float(token[:-1]) / 100}
         if ":" in token and token.replace(":", "").isdigit():
             return {"pattern": token}
-        if token == "mlp":
-            return {"structured": "mlp"}
+        if token in ("mlp", "heads"):
+            return {"structured": token}
         if token.startswith("w") and token[1:2].isdigit():
             bits, _, group = token[1:].partition("g")
             return {"num_bits": int(bits), "group_size": int(group) if group else None}
@@ -175,7 +179,7 @@ class Prune(Recipe):
     def spec_tokens(self) -> tuple[list[str], set[str]]:
         tokens = [self.pattern] if self.pattern else [f"{self.sparsity * 100:g}%"]
         if self.structured:
-            tokens.append("mlp")
+            tokens.append(self.structured)
         done = {"pattern", "sparsity", "structured", "method"}
         if self.num_bits:
             tokens.append(f"w{self.num_bits}" + (f"g{self.group_size}" if self.group_size else ""))
@@ -187,8 +191,8 @@ class Prune(Recipe):
         plan = super().plan(model)
         prefix = _block_prefix(model)
         if prefix is None and self.structured:
-            plan.layers = [_replace(p, "error", "structured='mlp' prunes the MLPs of a model's "
-                                    "repeated blocks; this model has none lowbit can find")
+            plan.layers = [_replace(p, "error", f"structured={self.structured!r} prunes the blocks of "
+                                    "a decoder LM; this model has no repeated blocks lowbit can find")
                            if p.status == "quantize" else p for p in plan.layers]
         elif prefix is not None:
             plan.layers = [_replace(p, "float", OUTSIDE, bytes=p.float_bytes)
@@ -208,15 +212,19 @@ class Prune(Recipe):
                                  f"{in_features} inputs; choose one that does or exclude the layer")
         except ValueError as err:
             return LayerPlan(name, kind, shape, "error", bytes=fp, float_bytes=fp, reason=str(err))
-        kept = 1 - (self.nm[0] / self.nm[1] if self.nm else 1 - self.sparsity)
+        kept = self.nm[0] / self.nm[1] if self.nm else 1 - self.sparsity
         if self.structured:
+            touched = STRUCTURED[self.structured]
+            if not any(name.endswith(t) for t in touched):
+                return LayerPlan(name, kind, shape, "float", bytes=fp, float_bytes=fp,
+                                 reason=f"not shrunk by structured={self.structured!r} (it shrinks {', '.join(touched)})")
             return LayerPlan(name, kind, shape, "quantize", f"float, {self.amount()} removed", "",
                              round(fp * (1 - self.sparsity)), fp, "an ordinary smaller dense layer")
         if fmt is None:
-            return LayerPlan(name, kind, shape, "quantize", f"float, {kept:.0%} zeros", "", fp, fp,
+            return LayerPlan(name, kind, shape, "quantize", f"float, {1 - kept:.0%} zeros", "", fp, fp,
                              "zeros stored dense: a quantizing step after it stores them sparse")
         nbytes = round(sparse_bits_per_weight(fmt, W.numel(), shape[0], kept) * W.numel() / 8)
-        return LayerPlan(name, kind, shape, "quantize", f"{fmt.label()}, {kept:.0%} pruned (bitmask)",
+        return LayerPlan(name, kind, shape, "quantize", f"{fmt.label()}, {1 - kept:.0%} pruned (bitmask)",
                          SPARSE_KERNEL, nbytes, fp)
 
     # --- apply ---------------------------------------------------------------------------
@@ -349,7 +357,7 @@ class Prune(Recipe):
                 done[name] = (keep, packed)
         return done
 
-    # --- structured: whole MLP channels --------------------------------------------------
+    # --- structured: whole MLP channels or attention heads --------------------------------------------------
     def _structured(self, model, data, plan: Plan) -> QuantReport:
         teacher = None
         if self.recovers:
@@ -358,31 +366,35 @@ class Prune(Recipe):
             for p in teacher.parameters():
                 p.requires_grad_(False)
         prefix, blocks = find_blocks(model)
-        mlps = [(i, _llama_mlp(block, f"{prefix}.{i}")) for i, block in enumerate(blocks)]
-        mlps = [(i, m) for i, m in mlps if any(matches(f"{prefix}.{i}.mlp.{k}", self.include)
-                                               and not matches(f"{prefix}.{i}.mlp.{k}", self.exclude)
-                                               for k in ("up_proj", "down_proj"))]
-        width = mlps[0][1].down_proj.in_features if mlps else 0
-        keep_n = width - int(round(width * self.sparsity))
+        heads = self.structured == "heads"
+        part, target, names = (("self_attn", "o_proj", ("q_proj", "o_proj")) if heads else
+                               ("mlp", "down_proj", ("up_proj", "down_proj")))
+        find = _llama_attention if heads else _llama_mlp
+        units = {i: find(block, f"{prefix}.{i}") for i, block in enumerate(blocks)}
+        units = {i: u for i, u in units.items() if any(matches(f"{prefix}.{i}.{part}.{k}", self.include)
+                                                       and not matches(f"{prefix}.{i}.{part}.{k}", self.exclude)
+                                                       for k in names)}
         if self.method == "magnitude":
-            scores = {i: _weight_importance(m) for i, m in mlps}
+            scores = {i: (_head_weight_importance(u) if heads else _weight_importance(u)) for i, u in units.items()}
         else:
-            scores = self._channel_scores(model, data, prefix, dict(mlps))
+            scores = self._input_scores(model, data, prefix, units, f"{part}.{target}")
         report = QuantReport(self.describe())
-        for i, mlp in mlps:
-            idx = torch.topk(scores[i], keep_n).indices.sort().values
-            for attr in ("gate_proj", "up_proj"):
-                if hasattr(mlp, attr):
-                    setattr(mlp, attr, _take_rows(getattr(mlp, attr), idx))
-            mlp.down_proj = _take_cols(mlp.down_proj, idx)
-            for attr in ("gate_proj", "up_proj", "down_proj"):
-                if hasattr(mlp, attr):
-                    report.layers.append(LayerReport(f"{prefix}.{i}.mlp.{attr}", "Linear", "pruned",
-                                                     f"float, {width} -> {keep_n} channels", "", 32.0,
-                                                     "an ordinary smaller dense layer"))
+        shrink = self._shrink_heads if heads else self._shrink_mlp
+        before = after = 0
+        for i, unit in units.items():
+            before, after = shrink(unit, scores[i], f"{prefix}.{i}.{part}")
+            for attr in ("gate_proj", "up_proj", "down_proj") if not heads else ("q_proj", "o_proj"):
+                if hasattr(unit, attr):
+                    report.layers.append(LayerReport(f"{prefix}.{i}.{part}.{attr}", "Linear", "pruned",
+                                                     f"float, {before} -> {after} {'heads' if heads else 'channels'}",
+                                                     "", 32.0, "an ordinary smaller dense layer"))
         config = getattr(model, "config", None)
-        if config is not None and hasattr(config, "intermediate_size") and mlps:
-            config.intermediate_size = keep_n
+        if config is not None and units:
+            if heads:
+                config.head_dim = next(iter(units.values())).head_dim
+                config.num_attention_heads = after
+            elif hasattr(config, "intermediate_size"):
+                config.intermediate_size = after
         if teacher is not None:
             from .distill import _token_windows, train_on_teacher
 
@@ -395,27 +407,59 @@ class Prune(Recipe):
                 p.requires_grad_(False)
             report.details["recovery"] = {"steps": len(losses), "first_loss": losses[0] if losses else None,
                                           "last_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
-        report.details["mlp_channels"] = {"before": width, "after": keep_n, "blocks": len(mlps)}
+        report.details["attention_heads" if heads else "mlp_channels"] = {"before": before, "after": after,
+                                                                           "blocks": len(units)}
         release_freed_memory()
         return report
 
+    def _shrink_mlp(self, mlp: nn.Module, score: torch.Tensor, name: str) -> tuple[int, int]:
+        width = mlp.down_proj.in_features
+        keep_n = width - int(round(width * self.sparsity))
+        idx = torch.topk(score, keep_n).indices.sort().values
+        for attr in ("gate_proj", "up_proj"):
+            if hasattr(mlp, attr):
+                setattr(mlp, attr, _take_rows(getattr(mlp, attr), idx))
+        mlp.down_proj = _take_cols(mlp.down_proj, idx)
+        return width, keep_n
+
+    def _shrink_heads(self, attn: nn.Module, score: torch.Tensor, name: str) -> tuple[int, int]:
+        """Remove the same number of query heads from every key/value group (the lowest scores
+        within the group), so grouped-query attention keeps its shape."""
+        hd, groups = attn.head_dim, attn.num_key_value_groups
+        n_heads = attn.q_proj.out_features // hd
+        drop = int(round(groups * self.sparsity))
+        if not 0 < drop < groups:
+            raise ValueError(f"{name}: structured='heads' removes whole query heads from each of its "
+                             f"{n_heads // groups} key/value groups of {groups}; sparsity {self.sparsity} "
+                             f"removes {drop} per group; choose a sparsity between {1 / groups:.2f} and "
+                             f"{(groups - 1) / groups:.2f}")
+        per_head = score.reshape(n_heads, hd).sum(1).reshape(-1, groups)          # [kv groups, groups]
+        kept = torch.topk(per_head, groups - drop, dim=1).indices.sort(dim=1).values
+        heads = (kept + torch.arange(0, n_heads, groups).reshape(-1, 1)).reshape(-1)
+        idx = (heads.reshape(-1, 1) * hd + torch.arange(hd)).reshape(-1)
+        attn.q_proj = _take_rows(attn.q_proj, idx)
+        attn.o_proj = _take_cols(attn.o_proj, idx)
+        attn.num_key_value_groups = groups - drop
+        return n_heads, len(heads)
+
     @torch.no_grad()
-    def _channel_scores(self, model, data, prefix: str, mlps: dict) -> dict[int, torch.Tensor]:
-        """Importance of every MLP channel from the inputs of each down_proj, block by block
-        (the blocks before are still unpruned: channels are removed after all are scored)."""
+    def _input_scores(self, model, data, prefix: str, units: dict, target: str) -> dict[int, torch.Tensor]:
+        """Importance of every input column of each block's ``target`` linear (an MLP's
+        down_proj, an attention's o_proj): ``||W[:, c]||^2 E[x_c^2]``, block by block (the blocks
+        before are still unpruned: columns are removed after all are scored)."""
         _check_ids(data, self.describe())
         runner = BlockRunner(model, data, batch_size=self.calib_batch_size, desc=self.describe())
         scores = {}
         for block in runner:
-            if block.index not in mlps:
+            if block.index not in units:
                 continue
-            down = f"{prefix}.{block.index}.mlp.down_proj"
-            groups = [g for g in block.groups if down in g.names]
+            name = f"{prefix}.{block.index}.{target}"
+            groups = [g for g in block.groups if name in g.names]
             if not groups:
-                raise ValueError(f"{self.describe()}: {down} got no calibration inputs; cannot "
-                                 f"score its channels (use method='magnitude')")
+                raise ValueError(f"{self.describe()}: {name} got no calibration inputs; cannot "
+                                 f"score its inputs (use method='magnitude')")
             st = runner.input_stats(groups)[0]
-            scores[block.index] = channel_importance(runner.weight(down), torch.diag(st.H))
+            scores[block.index] = channel_importance(runner.weight(name), torch.diag(st.H))
         return scores
 
 
@@ -449,6 +493,22 @@ def _llama_mlp(block: nn.Module, name: str) -> nn.Module:
         raise ValueError(f"structured='mlp' prunes LLaMA-style MLPs (mlp.gate_proj / up_proj / "
                          f"down_proj Linears); {name} has {type(mlp).__name__ if mlp is not None else 'no mlp'}")
     return mlp
+
+
+def _llama_attention(block: nn.Module, name: str) -> nn.Module:
+    attn = getattr(block, "self_attn", None)
+    ok = attn is not None and all(isinstance(getattr(attn, a, None), nn.Linear) for a in ("q_proj", "o_proj")) \
+        and isinstance(getattr(attn, "head_dim", None), int) and isinstance(getattr(attn, "num_key_value_groups", None), int)
+    if not ok:
+        raise ValueError(f"structured='heads' prunes LLaMA-style attention (self_attn.q_proj / o_proj "
+                         f"with head_dim and num_key_value_groups); {name} has "
+                         f"{type(attn).__name__ if attn is not None else 'no self_attn'}")
+    return attn
+
+
+def _head_weight_importance(attn: nn.Module) -> torch.Tensor:
+    """Per o_proj input column: ||W_o[:, c]||^2 ||W_q[c, :]||^2 (no data)."""
+    return attn.o_proj.weight.detach().float().pow(2).sum(0) * attn.q_proj.weight.detach().float().pow(2).sum(1)
 
 
 def _weight_importance(mlp: nn.Module) -> torch.Tensor:

@@ -363,3 +363,47 @@ def test_smollm2_two_blocks_sparsegpt_beats_magnitude():
         return float((ref.exp() * (ref - out)).sum(-1).mean())
 
     assert kl(Prune(method="sparsegpt", include=inc)) < kl(Prune(method="magnitude", include=inc))
+
+
+def test_structured_heads_removes_query_heads_per_kv_group_and_reloads(tmp_path):
+    model = tiny_llama()                          # 4 query heads in 2 key/value groups of 2
+    q = lowbit.quantize(model, Prune(method="wanda", structured="heads", sparsity=0.5), data=calib())
+    attn = q.model.layers[0].self_attn
+    assert attn.q_proj.out_features == 2 * 16 and attn.o_proj.in_features == 2 * 16
+    assert attn.num_key_value_groups == 1 and q.config.num_attention_heads == 2
+    assert q.lowbit_report.details["attention_heads"] == {"before": 4, "after": 2, "blocks": 2}
+    ids = calib(2, 16)
+    with torch.no_grad():
+        out = q(ids).logits
+    lowbit.save(q, tmp_path / "h")
+    back = lowbit.load(tmp_path / "h")
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, out)
+    plan = Prune(method="wanda", structured="heads", sparsity=0.5).plan(model)
+    rows = {p.name: p for p in plan.layers}
+    assert rows["model.layers.0.self_attn.k_proj"].status == "float"
+    assert rows["model.layers.0.self_attn.q_proj"].status == "quantize"
+
+
+def test_structured_heads_keeps_the_important_head_of_each_group():
+    model = tiny_llama()
+    attn = model.model.layers[0].self_attn
+    with torch.no_grad():
+        attn.o_proj.weight[:, 16:32] *= 50        # head 1 (group 0) and head 2 (group 1) dominate
+        attn.o_proj.weight[:, 32:48] *= 50
+    q = lowbit.quantize(model, Prune(method="magnitude", structured="heads", sparsity=0.5))
+    kept = q.model.layers[0].self_attn.o_proj.weight
+    assert torch.equal(kept, attn.o_proj.weight[:, 16:48])
+
+
+def test_structured_heads_needs_a_whole_number_of_heads_per_group():
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn: structured='heads' removes whole "
+                                         r"query heads from each of its 2 key/value groups of 2"):
+        lowbit.quantize(tiny_llama(), Prune(method="magnitude", structured="heads", sparsity=0.1))
+
+
+def test_pattern_plan_counts_kept_values():
+    model = tiny_llama()
+    row = next(p for p in Prune(method="sparsegpt", pattern="1:4", num_bits=4).plan(model).layers
+               if p.name == "model.layers.0.mlp.up_proj")
+    assert "75% pruned" in row.format
