@@ -212,12 +212,18 @@ def stage_cnn(args) -> None:
     w8_mb = sum(w8.bits(m) * m.weight.numel() for m in layers.values()) / 8 / 2**20
     budget = Budget(size_mb=round(0.75 * w8_mb, 4))
     batches = list(calib[:-holdout].split(16))
+    def mixed(method):
+        return MixedPrecision(candidates=("w4pcsym", "w8"), budget=budget, method=method, activations="static",
+                              holdout=holdout, proxy_samples=32, hessian_samples=32, calib_batch_size=16,
+                              sensitivity=args.cnn_sensitivity)
+
     recipes = {"uniform W8 (static int8)": (StaticPTQ(), batches),
                "uniform W4 (static int8 activations)": (StaticPTQ(weight_bits=(("*", 4),)), batches),
-               f"mixed W4/W8 size={budget.size_mb:g} MB (0.75x W8)": (
-                   MixedPrecision(candidates=("w4pcsym", "w8"), budget=budget, method="rtn",
-                                  activations="static", holdout=holdout, proxy_samples=32,
-                                  calib_batch_size=16, sensitivity=args.cnn_sensitivity), calib)}
+               "uniform W4 GPTQ (static int8 activations)": (
+                   StaticPTQ(weight_bits=(("*", 4),), weight_method="gptq"), batches),
+               f"mixed W4/W8 size={budget.size_mb:g} MB (0.75x W8)": (mixed("rtn"), calib),
+               f"mixed W4/W8 GPTQ size={budget.size_mb:g} MB (0.75x W8)": (mixed("gptq"), calib)}
+    recipes = {k: v for k, v in recipes.items() if not args.cnn_rows or any(r in k for r in args.cnn_rows.split(","))}
     common = {"model": "EfficientNet-Lite0", "tool": "lowbit", "lowbit_version": lowbit.__version__,
               "machine": machine(), "calibration": f"{96 - holdout} photo crops seed 0",
               "eval": f"{args.images} photo crops seed 1 (top-1 agreement and KL vs fp32)"}
@@ -233,6 +239,7 @@ def stage_cnn(args) -> None:
         weight_mb = sum(m.weight.nbytes for m in chosen.values()) / 2**20
         details = q.lowbit_report.details
         rows.append({**common, "mode": "cnn", "method": "mixed" if details else "uniform", "setting": label,
+                     "weight_method": "gptq" if "GPTQ" in label else "rtn",
                      "sensitivity": details.get("sensitivity"),
                      "top1_agreement": float((logp.argmax(-1) == ref.argmax(-1)).float().mean()),
                      "kl": float(token_kl(ref, logp).mean()), "size_mb": fp.size_mb,
@@ -305,6 +312,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--images", type=int, default=512, help="cnn: evaluation crops")
     ap.add_argument("--cnn-sensitivity", default="measured", help="cnn: the sensitivity the solver uses")
+    ap.add_argument("--cnn-rows", default="", help="cnn: only the rows whose label contains one of these (comma list)")
     ap.add_argument("--source", default="kl_estimate", help="sequential: the sensitivity the solver uses")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -118,13 +118,15 @@ def _check_order(model: nn.Module, order: list[int]) -> None:
 
 @contextmanager
 def watch_inputs(modules: dict[str, nn.Module], update: Callable[[str, torch.Tensor], None], *,
-                 stop: bool = False):
+                 stop: bool = False, flatten: bool = True):
     """The one activation-statistics hook: while active, every forward of a watched module calls
-    ``update(name, x)`` with its input as ``x [tokens, K]`` (detached); with ``stop`` the forward
-    pass then ends (:class:`StopForward`, for the caller to catch)."""
+    ``update(name, x)`` with its input as ``x [tokens, K]`` (detached; as it came with
+    ``flatten=False``); with ``stop`` the forward pass then ends (:class:`StopForward`, for the
+    caller to catch)."""
     def make_hook(name):
         def hook(module, args):
-            update(name, args[0].detach().reshape(-1, args[0].shape[-1]))
+            x = args[0].detach()
+            update(name, x.reshape(-1, x.shape[-1]) if flatten else x)
             if stop:
                 raise StopForward
         return hook
@@ -267,3 +269,17 @@ class BlockRunner:
         scale_output_channels(self.model.get_submodule(group.producer), 1 / s)
         stats.H = stats.H / (s[:, None] * s[None, :])
         stats.x_abs_mean = stats.x_abs_mean / s
+
+
+def layer_patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input rows a layer's weight multiplies, ``[groups, tokens, in_per_group]``: a
+    Linear's input flattened to tokens (one group), a Conv2d's input unfolded to its kernel's
+    patches, per group of channels (a depthwise conv: one group per channel). ``X^T X`` of each
+    group is that layer's GPTQ Hessian."""
+    if not isinstance(module, nn.Conv2d):
+        return x.reshape(1, -1, x.shape[-1])
+    g = module.groups
+    cols = torch.nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+    B, CK, L = cols.shape                                      # (B, Cin * kh * kw, L)
+    cols = cols.reshape(B, g, CK // g, L).permute(1, 0, 3, 2)  # (g, B, L, Cin / g * kh * kw)
+    return cols.reshape(g, B * L, CK // g)

@@ -49,7 +49,17 @@ def gptq(W: torch.Tensor, H: torch.Tensor, fmt: QFormat, *, damp: float = 0.01,
     with a clipping search weighted by H's diagonal blocks (:func:`rtn.clip_search`). ``keep``
     (bool [N, K]) fixes a sparsity mask: the other entries are stored as zeros and their error
     is compensated like a quantization error (GPTQ on an already-pruned weight).
+
+    A grouped convolution gives ``H`` [G, K, K], one per group of ``N / G`` output rows (a
+    depthwise conv: one per channel); each group is swept on its own.
     """
+    if H.dim() == 3:
+        rows = W.reshape(H.shape[0], W.shape[0] // H.shape[0], -1)
+        parts = [gptq(rows[g], H[g], fmt, damp=damp, lazy_batch=lazy_batch, act_order=act_order,
+                      mse_clip=mse_clip, keep=None if keep is None else keep.reshape(rows.shape)[g])
+                 for g in range(H.shape[0])]
+        cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+        return QWeight(cat([p.q for p in parts]), cat([p.scale for p in parts]), cat([p.zero_point for p in parts]))
     return _sweep(W, H, fmt, damp=damp, lazy_batch=lazy_batch, act_order=act_order,
                   mse_clip=mse_clip, keep=keep).q
 

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .._cache import cache_dir
 from ..blocks import LINEAR_TYPES, find_blocks, linear_weight
-from ..calibration import watch_inputs
+from ..calibration import layer_patches, watch_inputs
 from ..eval._util import output_logits
 from ..eval.metrics import token_kl
 from ..nn.swap import matches
@@ -193,7 +193,8 @@ def _delta_out(module: nn.Module, x: torch.Tensor, dW: torch.Tensor) -> torch.Te
 @torch.no_grad()
 def input_hessians(model: nn.Module, layers: dict[str, nn.Module], data: torch.Tensor,
                    batch_size: int, lm: bool) -> dict[str, torch.Tensor]:
-    """``E[x x^T]`` [K, K] of each linear's input under the float model (one pass)."""
+    """``E[x x^T]`` [K, K] of each linear's input under the float model (one pass); for a
+    convolution ``[groups, K, K]`` over its unfolded kernel patches (:func:`layer_patches`)."""
     sums: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
     seen: dict[tuple, tuple] = {}   # q/k/v share one input: one x^T x per batch (x held, so
@@ -208,8 +209,15 @@ def input_hessians(model: nn.Module, layers: dict[str, nn.Module], data: torch.T
         sums[name] = xtx.clone() if name not in sums else sums[name].add_(xtx)
         count[name] = count.get(name, 0) + x.shape[0]
 
+    def update_conv(name: str, x: torch.Tensor) -> None:
+        X = layer_patches(layers[name], x.float())          # a conv: [groups, patches, k]
+        xtx = torch.einsum("gti,gtj->gij", X, X)
+        sums[name] = xtx if name not in sums else sums[name].add_(xtx)
+        count[name] = count.get(name, 0) + X.shape[1]
+
     linears = {n: m for n, m in layers.items() if not isinstance(m, nn.Conv2d)}
-    with watch_inputs(linears, update):
+    convs = {n: m for n, m in layers.items() if isinstance(m, nn.Conv2d)}
+    with watch_inputs(linears, update), watch_inputs(convs, update_conv, flatten=False):
         for start in tqdm(range(0, data.shape[0], batch_size), desc="sensitivity: hessians", disable=None):
             seen.clear()
             _forward(model, data[start:start + batch_size], lm)

@@ -247,7 +247,8 @@ class MixedPrecision(Recipe):
         held = HeldOut(model, held_rows, lm)
         chosen = {n: cands[j] for n, j in zip(sens.layers, a.choice)}
         static = StaticPTQ(observer=self.observer, include=self.include, exclude=self.exclude,
-                           weight_bits=tuple((n, c.format.num_bits) for n, c in chosen.items()))
+                           weight_bits=tuple((n, c.format.num_bits) for n, c in chosen.items()),
+                           weight_method="gptq" if self.method == "gptq" else "rtn")
         report = static.apply(model, list(calib.split(self.calib_batch_size)))
         measured = held.kl()
         why = self._why(sens.layers, cands, a.choice, cost, bits)

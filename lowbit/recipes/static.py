@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..calibration import layer_patches
 from ..fold import fold_model, trace_pairs
 from ..formats import QFormat, bits_per_weight, int_format
 from ..nn import QuantReport, Skip, swap_modules
@@ -47,6 +48,10 @@ class StaticPTQ(Recipe):
             the values widened to int8, so they save bytes on disk and in the checkpoint, not
             time. Mixed precision (:class:`~lowbit.recipes.MixedPrecision` with
             ``activations="static"``) fills it in per layer.
+        weight_method: "rtn" (round each weight to nearest) or "gptq": the weights below 8 bits
+            are chosen by GPTQ on each layer's input Hessian, gathered in the same calibration
+            pass (a convolution's inputs unfolded to its kernel's patches; a depthwise one per
+            channel). 8-bit weights are rounded either way.
 
     ``data`` is an iterable of batches: tensors (``model(batch)``), tuples (``model(*batch)``)
     or dicts (``model(**batch)``).
@@ -59,6 +64,7 @@ class StaticPTQ(Recipe):
     exclude: tuple[str, ...] = ()
     max_batches: int | None = None
     weight_bits: tuple[tuple[str, int], ...] = ()
+    weight_method: str = "rtn"
 
     needs_data = True
     layer_types = (nn.Conv2d, nn.Linear)
@@ -73,6 +79,8 @@ class StaticPTQ(Recipe):
         if any(not 2 <= b <= 8 for _, b in pairs):
             raise ValueError(f"StaticPTQ.weight_bits must be 2..8 per layer, got {pairs}")
         object.__setattr__(self, "weight_bits", pairs)
+        if self.weight_method not in ("rtn", "gptq"):
+            raise ValueError(f"StaticPTQ.weight_method must be 'rtn' or 'gptq', got {self.weight_method!r}")
 
     @property
     def weight_format(self) -> QFormat:
@@ -125,8 +133,11 @@ class StaticPTQ(Recipe):
             report = swap_modules(model, self._observe(fused), types=self.layer_types,
                                   include=self.include, exclude=self.exclude,
                                   recipe=self.describe())
+            hessians = _HessianHooks(model) if self.weight_method == "gptq" else None
             for batch in tqdm(batches, desc="calibrating", unit="batch", disable=None):
                 _call(model, batch)
+            if hessians is not None:
+                hessians.apply_gptq()
             swap_modules(model, lambda name, m: convert_observed(m), types=(Observed,))
             model.register_forward_hook(dequantize_outputs)  # the dequantize step at the output
             profile(model, lambda m: _call(m, batches[0]))
@@ -145,6 +156,38 @@ class StaticPTQ(Recipe):
                             make_observer(self.observer, name=f"{name} output"))
 
         return build
+
+
+class _HessianHooks:
+    """Input Hessians of the observed layers stored below 8 bits, gathered by forward pre-hooks
+    during calibration; :meth:`apply_gptq` then replaces their rounded weights with GPTQ's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = {n: m for n, m in model.named_modules()
+                       if isinstance(m, Observed) and m.weight.format.num_bits < 8}
+        self.H: dict[str, torch.Tensor] = {}
+        self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.layers.items()]
+
+    def _hook(self, name: str):
+        def record(module: Observed, args) -> None:
+            X = layer_patches(module.float_module, args[0].detach().float())
+            H = torch.einsum("gti,gtj->gij", X, X)
+            self.H[name] = H if name not in self.H else self.H[name] + H
+        return record
+
+    @torch.no_grad()
+    def apply_gptq(self) -> None:
+        from ..algorithms.gptq import gptq
+
+        for h in self.handles:
+            h.remove()
+        for name, m in self.layers.items():
+            if name not in self.H:
+                continue                    # never called: convert_observed raises for it
+            fmt, W = m.weight.format, m.float_module.weight.detach().float()
+            qw = gptq(W.reshape(W.shape[0], -1), self.H[name], fmt)
+            m.weight = QTensor.from_int(qw.q.reshape(W.shape), qw.scale.reshape(m.weight.scale.shape), None, fmt)
+            log.debug("lowbit static: %s weights by GPTQ (%d bits)", name, fmt.num_bits)
 
 
 def _unsupported(module: nn.Module) -> str:
