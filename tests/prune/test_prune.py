@@ -187,6 +187,18 @@ def calib(n=8, T=32):
     return torch.randint(0, 96, (n, T), generator=torch.Generator().manual_seed(1))
 
 
+def assert_round_trip(q, tmp_path):
+    """Save and load ``q``; the loaded model's logits are bit-identical. Returns it."""
+    ids = calib(2, 16)
+    with torch.no_grad():
+        out = q(ids).logits
+    lowbit.save(q, tmp_path / "ckpt")
+    back = lowbit.load(tmp_path / "ckpt")
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, out)
+    return back
+
+
 def block_linears(model):
     return {n: m for n, m in model.named_modules() if ".layers." in n and isinstance(m, (nn.Linear, QLinear, SparseQLinear))}
 
@@ -210,13 +222,7 @@ def test_joint_mode_stores_sparse_and_round_trips(tmp_path):
     layers = block_linears(q)
     assert all(isinstance(m, SparseQLinear) for m in layers.values())
     assert all(m.weight.bits_per_weight < 3.6 for m in layers.values())
-    ids = calib(2, 16)
-    with torch.no_grad():
-        out = q(ids).logits
-    lowbit.save(q, tmp_path / "q")
-    back = lowbit.load(tmp_path / "q")
-    with torch.no_grad():
-        assert torch.equal(back(ids).logits, out)
+    back = assert_round_trip(q, tmp_path)
     assert isinstance(back.model.layers[1].mlp.up_proj, SparseQLinear)
 
 
@@ -251,13 +257,7 @@ def test_structured_mlp_pruning_shrinks_the_model_and_reloads(tmp_path):
         assert block.mlp.up_proj.out_features == 96 and block.mlp.down_proj.in_features == 96
     assert q.config.intermediate_size == 96
     assert q.lowbit_report.details["mlp_channels"] == {"before": 128, "after": 96, "blocks": 2}
-    ids = calib(2, 16)
-    with torch.no_grad():
-        out = q(ids).logits
-    lowbit.save(q, tmp_path / "s")
-    back = lowbit.load(tmp_path / "s")
-    with torch.no_grad():
-        assert torch.equal(back(ids).logits, out)
+    assert_round_trip(q, tmp_path)
 
 
 def test_structured_keeps_the_most_important_channels():
@@ -372,13 +372,7 @@ def test_structured_heads_removes_query_heads_per_kv_group_and_reloads(tmp_path)
     assert attn.q_proj.out_features == 2 * 16 and attn.o_proj.in_features == 2 * 16
     assert attn.num_key_value_groups == 1 and q.config.num_attention_heads == 2
     assert q.lowbit_report.details["attention_heads"] == {"before": 4, "after": 2, "blocks": 2}
-    ids = calib(2, 16)
-    with torch.no_grad():
-        out = q(ids).logits
-    lowbit.save(q, tmp_path / "h")
-    back = lowbit.load(tmp_path / "h")
-    with torch.no_grad():
-        assert torch.equal(back(ids).logits, out)
+    assert_round_trip(q, tmp_path)
     plan = Prune(method="wanda", structured="heads", sparsity=0.5).plan(model)
     rows = {p.name: p for p in plan.layers}
     assert rows["model.layers.0.self_attn.k_proj"].status == "float"
