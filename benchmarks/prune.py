@@ -185,11 +185,11 @@ def stage_llm(args) -> None:
         rows.append({**common, "mode": "llm", "setting": label, "tool": specs[label]["tool"],
                      "method": label.split()[0], "num_bits": 4 if "w4" in label else (3 if "w3" in label else 32),
                      "group_size": 64 if "g64" in label else None,
-                     "ppl": r.perplexity, "kl": r.kl, "top1_agreement": r.top1_agreement,
-                     "fp32_ppl": results["fp32"].perplexity, "zeros": zeros_fraction(model),
+                     "ppl": r.ppl, "kl": r.kl, "top1_agreement": r.top1_agreement,
+                     "fp32_ppl": results["fp32"].ppl, "zeros": zeros_fraction(model),
                      "bpw_linears": fp.bpw_linears, "size_mb": fp.size_mb, "quant_s": seconds,
                      "eval_tokens": int(tokens.numel()), **extra})
-        log.info("%s: ppl %.2f kl %.4f bpw %.3f zeros %.3f", label, r.perplexity, r.kl, fp.bpw_linears,
+        log.info("%s: ppl %.2f kl %.4f bpw %.3f zeros %.3f", label, r.ppl, r.kl, fp.bpw_linears,
                  rows[-1]["zeros"])
     merge(OUT, rows, KEY)
 
@@ -234,7 +234,7 @@ def stage_structured(args) -> None:
         r = results["fp32" if name.startswith("fp32") else name]
         sp = speeds.get("fp32" if name.startswith("fp32") else name)
         row = {**common, "mode": "structured", "setting": name, "tool": "lowbit", "method": "wanda-structured",
-               "num_bits": 32, "group_size": None, "ppl": r.perplexity, "kl": r.kl,
+               "num_bits": 32, "group_size": None, "ppl": r.ppl, "kl": r.kl,
                "params_m": sum(p.numel() for p in m.parameters()) / 1e6, "size_mb": footprint(m).size_mb,
                "details": getattr(getattr(m, "lowbit_report", None), "details", None) or None}
         if m is pruned:
@@ -249,7 +249,7 @@ def stage_structured(args) -> None:
                        prefill512_speedup=(sp512[name if not name.startswith("fp32") else "fp32"].prefill_tok_s
                                            / sp512["fp32"].prefill_tok_s))
         rows.append(row)
-        log.info("%s: ppl %.2f kl %.4f %s", name, r.perplexity, r.kl, {k: row.get(k) for k in ("decode_tok_s", "prefill_tok_s")})
+        log.info("%s: ppl %.2f kl %.4f %s", name, r.ppl, r.kl, {k: row.get(k) for k in ("decode_tok_s", "prefill_tok_s")})
     merge(OUT, rows, KEY)
 
 
