@@ -73,6 +73,9 @@ class Prune(Recipe):
         num_bits, group_size, symmetric: SparseGPT's joint mode: quantize the kept values while
             pruning (asymmetric groups with bf16 scales by default); stored sparse + packed.
         damp, lazy_batch: SparseGPT's dampening and block size (the mask is chosen per block).
+        true_sequential: take each linear group's input statistics after the groups before it
+            in the block are pruned (default); False takes all from the block's unpruned pass
+            (as llm-compressor does).
         calib_batch_size: calibration sequences per forward pass.
         recover_minutes: after structured pruning, train the smaller model this long on the KL
             to the unpruned model over ``data`` (distillation, :func:`train_on_teacher`).
@@ -90,6 +93,7 @@ class Prune(Recipe):
     symmetric: bool = False
     damp: float = 0.01
     lazy_batch: int = 128
+    true_sequential: bool = True
     calib_batch_size: int = 8
     recover_minutes: float = 0.0
     recover_steps: int | None = None
@@ -283,8 +287,10 @@ class Prune(Recipe):
         runner = BlockRunner(model, data, batch_size=self.calib_batch_size, desc=self.describe())
         done: dict = {}
         for block in runner:
-            for group in [g for g in block.groups if chosen.intersection(g.names)]:
-                st = runner.input_stats([group])[0]
+            groups = [g for g in block.groups if chosen.intersection(g.names)]
+            stats = None if self.true_sequential else runner.input_stats(groups)
+            for j, group in enumerate(groups):
+                st = stats[j] if stats is not None else runner.input_stats([group])[0]
                 for name in (n for n in group.names if n in chosen):
                     keep, packed, W = self._prune_one(runner.weight(name), st.H)
                     runner.set_weight(name, W)

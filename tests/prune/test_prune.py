@@ -401,3 +401,12 @@ def test_pattern_plan_counts_kept_values():
     row = next(p for p in Prune(method="sparsegpt", pattern="1:4", num_bits=4).plan(model).layers
                if p.name == "model.layers.0.mlp.up_proj")
     assert "75% pruned" in row.format
+
+
+def test_true_sequential_off_takes_every_group_from_the_unpruned_block():
+    model = tiny_llama()
+    a = lowbit.quantize(model, Prune(method="sparsegpt"), data=calib())
+    b = lowbit.quantize(model, Prune(method="sparsegpt", true_sequential=False), data=calib())
+    # q/k/v see the block's input either way; o_proj's input differs once q/k/v are pruned
+    assert torch.equal(a.model.layers[0].self_attn.q_proj.weight, b.model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(a.model.layers[0].self_attn.o_proj.weight, b.model.layers[0].self_attn.o_proj.weight)
