@@ -89,6 +89,8 @@ def llm_rows() -> dict:
         "magnitude 50% (torch l1_unstructured)": {"tool": "torch", "build": textbook_magnitude},
         "wanda 50%": {"tool": "lowbit", "build": Prune(method="wanda", sparsity=0.5, **inc)},
         "sparsegpt 50%": {"tool": "lowbit", "build": Prune(method="sparsegpt", sparsity=0.5, **inc)},
+        "sparsegpt 50% (not true-sequential)": {"tool": "lowbit", "build": Prune(method="sparsegpt", sparsity=0.5,
+                                                                               true_sequential=False, **inc)},
         "sparsegpt 50% + w4g64 joint": {"tool": "lowbit",
                                         "build": Prune(method="sparsegpt", sparsity=0.5, num_bits=4, **inc)},
         "sparsegpt 50% then gptq w4g64": {"tool": "lowbit", "base": "sparsegpt 50%", "build": gptq(4)},
