@@ -23,6 +23,7 @@ norm of the unfolded input.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ from ..calibration import BlockRunner
 from ..formats import QFormat, int_format, sparse_bits_per_weight
 from ..nn import SparseQLinear
 from ..nn.sparse import KERNEL as SPARSE_KERNEL
-from ..nn.swap import LayerReport, QuantReport, matches
+from ..nn.swap import LayerReport, QuantReport, matches, set_submodule
 from ..qtensor import SparseQTensor
 from .base import LayerPlan, Plan, Recipe, float_bytes, patterns
 from .registry import prefixed_int, register
@@ -273,7 +274,7 @@ class Prune(Recipe):
                 report.layers.append(LayerReport(p.name, p.module_type, "pruned", f"float, {zeros:.1%} zeros",
                                                  "", 32.0, "zeros stored dense until quantized"))
                 continue
-            _set_submodule(model, p.name, SparseQLinear(packed, module.bias))
+            set_submodule(model, p.name, SparseQLinear(packed, module.bias))
             report.layers.append(LayerReport(p.name, p.module_type, "quantized",
                                              f"{packed.format.label()}, {zeros:.1%} pruned (bitmask)",
                                              SPARSE_KERNEL, round(packed.bits_per_weight, 4)))
@@ -470,8 +471,6 @@ class Prune(Recipe):
 
 
 def _replace(p: LayerPlan, status: str, reason: str, **kw) -> LayerPlan:
-    import dataclasses
-
     return dataclasses.replace(p, status=status, reason=reason, format="" if status != "quantize" else p.format,
                                kernel="" if status != "quantize" else p.kernel, **kw)
 
@@ -540,9 +539,3 @@ def _take_cols(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
         if linear.bias is not None:
             new.bias.copy_(linear.bias)
     return new
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    from ..nn.swap import set_submodule
-
-    set_submodule(model, name, new)
