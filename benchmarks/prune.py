@@ -75,11 +75,6 @@ def textbook_magnitude(model, data):
     return model
 
 
-def recipe_row(recipe_fn, base: str | None = None):
-    """A row built by a lowbit recipe, on the fp32 model or on the model of row ``base``."""
-    return {"build": recipe_fn, "base": base}
-
-
 def llm_rows() -> dict:
     from lowbit.recipes import Prune, WeightOnly
 

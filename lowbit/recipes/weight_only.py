@@ -191,12 +191,8 @@ class WeightOnly(Recipe):
             kept = float(keep.float().mean())
             kernel, bpw = SPARSE_KERNEL, sparse_bits_per_weight(fmt, W.numel(), shape[0], kept)
             fmt_label = f"{fmt.label()}, {1 - kept:.0%} pruned (bitmask)"
-            bias = getattr(module, "bias", None)
-            nbytes = round(W.numel() * bpw / 8) + (0 if bias is None else bias.numel() * bias.element_size())
-            return LayerPlan(name, kind, shape, "quantize", fmt_label, kernel, nbytes, fp)
-        bias = getattr(module, "bias", None)
-        nbytes = round(W.numel() * bpw / 8) + (0 if bias is None else bias.numel() * bias.element_size())
-        return LayerPlan(name, kind, shape, "quantize", fmt.label(), kernel, nbytes, fp)
+            return LayerPlan(name, kind, shape, "quantize", fmt_label, kernel, _bytes(W, bpw, module), fp)
+        return LayerPlan(name, kind, shape, "quantize", fmt.label(), kernel, _bytes(W, bpw, module), fp)
 
     # --- one weight, no data ---------------------------------------------------------------
     def _sparse_keep(self, W: torch.Tensor) -> torch.Tensor | None:
@@ -321,6 +317,12 @@ class WeightOnly(Recipe):
         if self.skip_ragged and "does not divide" in str(err):
             return Skip(str(err).replace("tensor:", f"{name}:", 1))
         raise ValueError(f"{name}: {err}") from None
+
+
+def _bytes(W: torch.Tensor, bpw: float, module: nn.Module) -> int:
+    """Planned bytes of a layer: its weight at ``bpw`` bits per weight plus its float bias."""
+    bias = getattr(module, "bias", None)
+    return round(W.numel() * bpw / 8) + (0 if bias is None else bias.numel() * bias.element_size())
 
 
 def _stored(qw, fmt: QFormat, keep: torch.Tensor | None) -> QTensor | SparseQTensor:
